@@ -1,0 +1,1 @@
+"""Plot functions, one module per chapter. Each returns a matplotlib Figure and never shows it."""

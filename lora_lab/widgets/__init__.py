@@ -1,0 +1,1 @@
+"""Thin ipywidgets explorers, one module per chapter: controls -> compute_* -> plot_*."""
