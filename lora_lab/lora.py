@@ -1,0 +1,303 @@
+"""The LoRA layer from scratch, injecting it into a model, merge/unmerge.
+
+Convention (the LoRA paper's and PEFT's, see STYLE.md):
+    lora_A: (r, in_features)   down-projection, applied to x first, Kaiming-uniform init
+    lora_B: (out_features, r)  up-projection, zero init
+    delta_weight = (lora_B @ lora_A) * scaling            # (out, in), like nn.Linear.weight
+    scaling      = lora_alpha / r   (rsLoRA: lora_alpha / sqrt(r))
+    h = base_layer(x) + lora_B(lora_A(dropout(x))) * scaling
+
+Adapter files (PEFT's on-disk format) live in :mod:`lora_lab.adapter_io` and are
+re-exported here.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from lora_lab.baselayer import get_weight, is_wrappable, layer_dims, set_weight
+
+_BIAS = ("none", "all", "lora_only")
+_INIT = (True, False, "gaussian")
+
+
+def _check_hparams(r, lora_alpha, lora_dropout) -> None:
+    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+        raise ValueError(f"r must be a positive integer (the adapter's rank, >= 1), got r={r!r}")
+    if not isinstance(lora_alpha, (int, float)) or isinstance(lora_alpha, bool) \
+            or not math.isfinite(lora_alpha) or lora_alpha <= 0:
+        raise ValueError(f"lora_alpha must be a finite number > 0, got lora_alpha={lora_alpha!r}")
+    if not isinstance(lora_dropout, (int, float)) or not 0.0 <= lora_dropout < 1.0:
+        raise ValueError(f"lora_dropout must be in [0, 1), got lora_dropout={lora_dropout!r}")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Hyperparameters of a LoRA adapter, named as in PEFT's ``LoraConfig``.
+
+    Args:
+        r: rank of the update, >= 1.
+        lora_alpha: > 0; the update is scaled by ``lora_alpha / r`` (``/ sqrt(r)`` with rsLoRA).
+        lora_dropout: dropout on the adapter's input, in [0, 1).
+        target_modules: module names or suffixes to wrap (``"c_attn"`` matches
+            ``transformer.h.0.attn.c_attn``), or ``"all-linear"``: every Linear/Conv1D
+            (or 4-bit linear) except the output head.
+        bias: which biases train: "none", "all" or "lora_only" (those of wrapped layers).
+        use_rslora: scale by ``lora_alpha / sqrt(r)`` (rank-stabilized LoRA).
+        init_lora_weights: True (A Kaiming-uniform, B zeros, as PEFT), "gaussian"
+            (A ~ N(0, 1/r), B zeros) or False (both random: the output moves at step 0).
+    """
+
+    r: int = 8
+    lora_alpha: float = 8
+    lora_dropout: float = 0.0
+    target_modules: Sequence[str] | str = ("c_attn",)
+    bias: str = "none"
+    use_rslora: bool = False
+    init_lora_weights: bool | str = True
+
+    def __post_init__(self):
+        _check_hparams(self.r, self.lora_alpha, self.lora_dropout)
+        if isinstance(self.target_modules, str):
+            if self.target_modules != "all-linear":
+                object.__setattr__(self, "target_modules", (self.target_modules,))
+        else:
+            targets = tuple(self.target_modules)
+            if not targets or not all(isinstance(t, str) and t for t in targets):
+                raise ValueError("target_modules must be 'all-linear' or a non-empty list of module "
+                                 f"names, got target_modules={self.target_modules!r}")
+            object.__setattr__(self, "target_modules", targets)
+        if self.bias not in _BIAS:
+            raise ValueError(f"bias must be one of {_BIAS}, got bias={self.bias!r}")
+        if self.init_lora_weights not in _INIT or isinstance(self.init_lora_weights, int) \
+                and not isinstance(self.init_lora_weights, bool):
+            raise ValueError(f"init_lora_weights must be one of {_INIT}, "
+                             f"got init_lora_weights={self.init_lora_weights!r}")
+
+    @property
+    def scaling(self) -> float:
+        return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``base_layer`` plus a trainable low-rank update ``B A`` scaled by ``scaling``.
+
+    ``base_layer`` may be ``nn.Linear``, GPT-2's ``Conv1D`` (weight stored (in, out),
+    PEFT's ``fan_in_fan_out``), ``bitsandbytes.nn.Linear4bit`` or lora_lab's 4-bit layer.
+
+    Shapes: x (..., in_features) -> (..., out_features).
+    """
+
+    def __init__(self, base_layer: nn.Module, r: int = 8, lora_alpha: float = 8,
+                 lora_dropout: float = 0.0, use_rslora: bool = False,
+                 init_lora_weights: bool | str = True, generator: torch.Generator | None = None):
+        super().__init__()
+        if not is_wrappable(base_layer):
+            raise ValueError(f"base_layer must be nn.Linear, transformers Conv1D or a 4-bit linear "
+                             f"layer, got {type(base_layer).__name__}")
+        _check_hparams(r, lora_alpha, lora_dropout)
+        if init_lora_weights not in _INIT:
+            raise ValueError(f"init_lora_weights must be one of {_INIT}, got {init_lora_weights!r}")
+        w = getattr(base_layer, "weight", None)
+        if isinstance(w, torch.Tensor) and w.dtype.is_floating_point and not torch.isfinite(w).all():
+            raise ValueError(f"base_layer.weight has {int((~torch.isfinite(w)).sum())} NaN/inf "
+                             "values; LoRA needs a finite base weight")
+        self.base_layer = base_layer.requires_grad_(False)  # W is frozen: no grad, no optimizer state
+        self.in_features, self.out_features = layer_dims(base_layer)
+        if r > min(self.in_features, self.out_features):
+            warnings.warn(f"r={r} is above min(in_features, out_features)="
+                          f"{min(self.in_features, self.out_features)}: B A cannot have rank above "
+                          f"{min(self.in_features, self.out_features)}, so the extra rank only adds "
+                          "parameters", UserWarning, stacklevel=2)
+        self.r, self.lora_alpha, self.use_rslora = r, lora_alpha, use_rslora
+        self.scaling = lora_alpha / (math.sqrt(r) if use_rslora else r)
+        self.fan_in_fan_out = type(base_layer).__name__ == "Conv1D"
+        dtype = _float_dtype(base_layer)
+        device = next(base_layer.parameters(), torch.empty(0)).device
+        self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device, dtype=dtype)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device, dtype=dtype)
+        self.reset_lora_parameters(init_lora_weights, generator=generator)
+        self.merged = False
+
+    @torch.no_grad()
+    def reset_lora_parameters(self, init_lora_weights: bool | str = True,
+                              generator: torch.Generator | None = None) -> None:
+        """Initialize A and B as PEFT does (``init_lora_weights=False``: both random)."""
+        if init_lora_weights == "gaussian":
+            self.lora_A.weight.normal_(0.0, 1.0 / self.r, generator=generator)  # the paper's N(0, σ²)
+        else:
+            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5), generator=generator)
+        if init_lora_weights is False:
+            nn.init.kaiming_uniform_(self.lora_B.weight, a=math.sqrt(5), generator=generator)
+        else:
+            self.lora_B.weight.zero_()  # B = 0, so ΔW = B A = 0 and the model is unchanged at step 0
+
+    def delta_weight(self) -> torch.Tensor:
+        """ΔW = (B @ A) * scaling, shape (out_features, in_features) like ``nn.Linear.weight``."""
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, r) @ (r, in)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        result = self.base_layer(x, *args, **kwargs)  # (..., out) frozen path
+        if self.merged:
+            return result  # ΔW already sits inside the base weight: no extra latency
+        lora_x = self.lora_dropout(x).to(self.lora_A.weight.dtype)
+        h = self.lora_A(lora_x)  # (..., r)  down-projection
+        return result + (self.lora_B(h) * self.scaling).to(result.dtype)  # (..., out)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold ΔW into the base weight (W <- W + ΔW); forward then costs one matmul."""
+        if self.merged:
+            warnings.warn("merge(): already merged, nothing done", UserWarning, stacklevel=2)
+            return
+        weight = get_weight(self.base_layer)  # (out, in), dequantized for 4-bit layers
+        set_weight(self.base_layer, weight + self.delta_weight().to(weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Take ΔW back out of the base weight (exact up to rounding; 4-bit bases re-quantize)."""
+        if not self.merged:
+            warnings.warn("unmerge(): not merged, nothing done", UserWarning, stacklevel=2)
+            return
+        weight = get_weight(self.base_layer)
+        set_weight(self.base_layer, weight - self.delta_weight().to(weight.dtype))
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
+                f"lora_alpha={self.lora_alpha}, scaling={self.scaling:g}, merged={self.merged}")
+
+
+def _float_dtype(layer: nn.Module) -> torch.dtype:
+    """Adapters train in the base's float dtype, or fp32 when the base is quantized/integer."""
+    for p in layer.parameters():
+        if p.dtype.is_floating_point and p.dtype != torch.uint8:
+            return p.dtype if p.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float32
+    return torch.float32
+
+
+def _head_names(model: nn.Module) -> set[str]:
+    """Names of the output head (excluded by "all-linear", as in PEFT)."""
+    heads = {"lm_head"}
+    get_out = getattr(model, "get_output_embeddings", None)
+    out = get_out() if callable(get_out) else None
+    for name, module in model.named_modules():
+        if out is not None and module is out:
+            heads.add(name)
+    return heads
+
+
+def find_target_modules(model: nn.Module, target_modules: Sequence[str] | str) -> list[str]:
+    """Names of the modules ``target_modules`` selects (exact name or ``.suffix`` match).
+
+    Raises:
+        ValueError: if a listed name matches nothing (the error lists the wrappable names),
+            or matches a module that is not a linear layer.
+    """
+    wrappable = {name: m for name, m in model.named_modules() if is_wrappable(m) and name}
+    if target_modules == "all-linear":
+        heads = _head_names(model)
+        return [n for n in wrappable if n.split(".")[-1] not in heads and n not in heads]
+    chosen: list[str] = []
+    all_names = dict(model.named_modules())
+    suffixes = sorted({n.split(".")[-1] for n in wrappable})
+    for target in target_modules:
+        hits = [n for n in all_names if n and (n == target or n.endswith("." + target))]
+        if not hits:
+            raise ValueError(f"target_modules entry {target!r} matches no module in "
+                             f"{type(model).__name__}; linear layers it has: {suffixes} "
+                             "(or use 'all-linear')")
+        bad = [n for n in hits if n not in wrappable]
+        if bad:
+            raise ValueError(f"target_modules entry {target!r} matches {bad[0]!r}, a "
+                             f"{type(all_names[bad[0]]).__name__}, which LoRA here cannot wrap; "
+                             f"linear layers it has: {suffixes}")
+        chosen += [n for n in hits if n not in chosen]
+    return [n for n in wrappable if n in chosen]  # keep model order
+
+
+def add_lora(model: nn.Module, config: LoraConfig, *,
+             generator: torch.Generator | None = None) -> nn.Module:
+    """Wrap every module ``config.target_modules`` selects in a :class:`LoRALinear`, in place.
+
+    Everything else is frozen (biases too, unless ``config.bias`` says otherwise).
+    Returns the same ``model`` object, which remembers ``config`` for :func:`save_adapter`.
+    """
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError("model already has LoRA layers; load or merge them instead of adding twice")
+    names = find_target_modules(model, config.target_modules)
+    if not names:
+        raise ValueError(f"target_modules={config.target_modules!r} selects no linear layer")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        base = getattr(parent, child)
+        setattr(parent, child, LoRALinear(base, config.r, config.lora_alpha, config.lora_dropout,
+                                          config.use_rslora, config.init_lora_weights, generator))
+    for name, p in model.named_parameters():
+        if name.endswith("bias") and (config.bias == "all" or
+                                      config.bias == "lora_only" and ".base_layer." in name):
+            p.requires_grad_(True)
+    model.lora_config = config
+    return model
+
+
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    """(name, layer) for every LoRALinear in ``model``."""
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear))
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Merge every adapter into its base weight (zero added latency at inference)."""
+    for _, layer in lora_layers(model):
+        layer.merge()
+    return model
+
+
+def unmerge_lora(model: nn.Module) -> nn.Module:
+    """Undo :func:`merge_lora`."""
+    for _, layer in lora_layers(model):
+        layer.unmerge()
+    return model
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts.
+
+    4-bit weights count as the weights they stand for, not as their packed bytes:
+    bitsandbytes' ``Params4bit`` holds two codes per uint8 element (so ×2, as PEFT
+    counts), and lora_lab's 4-bit layer keeps its codes in buffers (so in×out).
+    """
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if type(p).__name__ == "Params4bit" else 1)
+        total += n
+        trainable += n if p.requires_grad else 0
+    for m in model.modules():  # lora_lab's 4-bit layer: codes live in buffers, not parameters
+        if hasattr(m, "dequantize_weight") and not isinstance(getattr(m, "weight", None), nn.Parameter):
+            total += m.in_features * m.out_features
+    return trainable, total
+
+
+def trainable_report(model: nn.Module) -> str:
+    """PEFT's ``print_trainable_parameters`` line, returned rather than printed."""
+    trainable, total = trainable_parameters(model)
+    return (f"trainable params: {trainable:,d} || all params: {total:,d} || "
+            f"trainable%: {100 * trainable / total:.4f}")
+
+
+from lora_lab.adapter_io import load_adapter, save_adapter  # noqa: E402  (re-exported)
+
+__all__ = ["LoraConfig", "LoRALinear", "add_lora", "find_target_modules", "lora_layers",
+           "merge_lora", "unmerge_lora", "trainable_parameters", "trainable_report",
+           "save_adapter", "load_adapter"]
