@@ -11,3 +11,19 @@ Modules, one concept each:
 """
 
 __version__ = "0.1.0"
+
+
+def _drop_bnb_kernel_hub_notice() -> None:
+    """bitsandbytes logs, on CPUs with AVX512-BF16 only, that it could not fetch an optional
+    kernel from the Hub (no network here). That line depends on the machine, so it would make
+    notebook outputs differ between machines; drop exactly that message, nothing else."""
+    import logging
+
+    class _Filter(logging.Filter):
+        def filter(self, record):
+            return "gemm_4bit_forward from kernels-community" not in str(record.msg)
+
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_Filter())
+
+
+_drop_bnb_kernel_hub_notice()

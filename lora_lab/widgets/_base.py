@@ -33,7 +33,8 @@ def build_explorer(controls: dict[str, W.ValueWidget],
         readout.value = html
         box.figure = fig
         plot.clear_output(wait=True)
-        if fig is not None:
+        from IPython import get_ipython
+        if fig is not None and get_ipython() is not None:  # in a kernel: draw into the Output
             with plot:
                 from IPython.display import display  # the widget shows; the library never does
                 display(fig)
