@@ -40,8 +40,10 @@ class _Ctx:
         self.lora_dropout, self.device = lora_dropout, device
         self.m = 1 if device == "cuda" else e  # CPU dropout multiplies by a float noise tensor
         self.dropout = shape.dropout > 0
-        # on CPU, SDPA with dropout falls back to the math path, which saves what eager saves
-        self.attn = "eager" if attn == "eager" or (self.dropout and device == "cpu") else "sdpa"
+        self.stat = 4 if device == "cuda" else e  # LayerNorm mean/rstd: fp32 on CUDA, input dtype on CPU
+        # on CPU, SDPA with dropout falls back to torch's math path: eager's tensors, upcast to fp32
+        self.attn = attn if attn == "eager" or not (self.dropout and device == "cpu") else "math"
+        self.ae = 4 if self.attn == "math" else e
 
     def linear(self, S: _Saved, name: str, x_key: str, rg: bool, n_in: int) -> bool:
         """Save what ``name``'s backward needs; return whether its output needs a gradient."""
@@ -67,27 +69,31 @@ class _Ctx:
 def _gpt2_block(S: _Saved, c: _Ctx, l: int, rg: bool) -> bool:
     sh, s, e, m, B, T = c.shape, c.s, c.e, c.m, c.B, c.T
     h, f, a = sh.d_model, sh.d_ff, sh.n_heads
-    if rg:  # LayerNorm keeps its input and per-token mean, rstd (fp32)
+    if rg:  # LayerNorm keeps its input and per-token mean, rstd
         S.add(f"{l}.ln_1 input", s * h * e)
-        S.add(f"{l}.ln_1 mean+rstd", 2 * s * 4)
+        S.add(f"{l}.ln_1 mean+rstd", 2 * s * c.stat)
     rg_qkv = c.linear(S, "c_attn", f"{l}.ln_1 output", rg, h)
     if rg_qkv:
-        S.add(f"{l}.attn q,k,v", 3 * s * h * e)
-        if c.attn == "eager":  # softmax(q kᵀ/√d) is (B, a, T, T)
-            S.add(f"{l}.attn softmax", B * a * T * T * e)
-            if c.dropout:
-                S.add(f"{l}.attn dropout mask", B * a * T * T * m)
-                S.add(f"{l}.attn dropout output", B * a * T * T * e)
-        else:  # flash-style SDPA: output + log-sum-exp per row, no T×T matrix
+        if c.attn == "sdpa":  # flash-style: q, k, v, output + log-sum-exp per row, no T×T matrix
+            # CUDA kernels read q, k, v as views of c_attn's (s, 3h) output; torch's CPU kernel
+            # copies q and v, while k's view keeps the whole fused output alive: 5·s·h in all
+            S.add(f"{l}.attn q,k,v", (5 if c.device == "cpu" else 3) * s * h * e)
             S.add(f"{l}.attn output", s * h * e)
             S.add(f"{l}.attn logsumexp", B * a * T * 4)
+        else:  # eager / math: softmax(q kᵀ/√d) is (B, a, T, T)
+            ae = c.ae
+            S.add(f"{l}.attn q,k,v", 3 * s * h * ae)
+            S.add(f"{l}.attn softmax", B * a * T * T * ae)
+            if c.dropout:
+                S.add(f"{l}.attn dropout mask", B * a * T * T * (ae if c.device == "cpu" else 1))
+                S.add(f"{l}.attn dropout output", B * a * T * T * ae)
     rg_proj = c.linear(S, "attn.c_proj", f"{l}.attn output", rg_qkv, h)
     if c.dropout and rg_proj:
         S.add(f"{l}.resid dropout 1 mask", s * h * m)
     rg = rg or rg_proj
     if rg:
         S.add(f"{l}.ln_2 input", s * h * e)
-        S.add(f"{l}.ln_2 mean+rstd", 2 * s * 4)
+        S.add(f"{l}.ln_2 mean+rstd", 2 * s * c.stat)
     rg_fc = c.linear(S, "c_fc", f"{l}.ln_2 output", rg, h)
     if rg_fc:
         if sh.activation == "gelu_new":  # 0.5x(1+tanh(√(2/π)(x+0.044715x³))) in Python ops
@@ -179,7 +185,7 @@ def activation_memory(shape: ModelShape, *, batch_size: int, seq_len: int, full:
     if shape.arch == "gpt2":
         if rg:
             S.add("out.ln_f input", s * h * e)
-            S.add("out.ln_f mean+rstd", 2 * s * 4)
+            S.add("out.ln_f mean+rstd", 2 * s * c.stat)
     else:
         _rms(S, c, "out.norm", rg)
     if full:

@@ -145,7 +145,7 @@ def quantize_linears_4bit(model: nn.Module, *, compute_dtype=torch.bfloat16,
 
 
 def build_model(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_attn",),
-                seed: int = 0, device: str = "cpu"):
+                seed: int = 0, device: str = "cpu", gradient_checkpointing: bool = False):
     """A random-weight model from ``config`` set up for ``recipe``, and its AdamW optimizer.
 
     ``"lora"``: fp32 base, fp32 adapters, torch AdamW. ``"qlora"``: NF4 + double-quant
@@ -165,16 +165,23 @@ def build_model(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()  # adapters train in fp32, as PEFT's autocast_adapter_dtype
+    if gradient_checkpointing:  # one checkpoint per block, as Trainer does
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.AdamW(trainable, lr=1e-3)
 
 
 def compare(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_attn",),
-            batch_size: int = 1, seq_len: int = 32, seed: int = 0,
-            device: str = "cpu") -> tuple[MemoryBreakdown, Measured]:
-    """Predict with :func:`training_memory` and measure one real step of the same setup."""
-    model, opt = build_model(config, recipe, r=r, target_modules=target_modules, seed=seed, device=device)
+            batch_size: int = 1, seq_len: int = 32, seed: int = 0, device: str = "cpu",
+            gradient_checkpointing: bool = False) -> tuple[MemoryBreakdown, Measured]:
+    """Predict with :func:`training_memory` and measure one real step of the same setup.
+
+    With gradient checkpointing the hooks see what the forward pass stores (each block's
+    input); compare it with ``predicted.activation_detail["stored"]``.
+    """
+    model, opt = build_model(config, recipe, r=r, target_modules=target_modules, seed=seed,
+                             device=device, gradient_checkpointing=gradient_checkpointing)
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
     ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=gen).to(device)
     measured = measure_training_step(model, opt, ids)
@@ -183,5 +190,6 @@ def compare(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_attn
         shape_from_config(config), recipe, r=r, target_modules=target_modules,
         base_dtype="nf4" if quant else "fp32", double_quant=True, trainable_dtype="fp32",
         compute_dtype="bf16", optimizer="adamw", master_weights=False, batch_size=batch_size,
-        seq_len=seq_len, attn_implementation=config._attn_implementation or "sdpa", device=device)
+        seq_len=seq_len, attn_implementation=config._attn_implementation or "sdpa", device=device,
+        gradient_checkpointing=gradient_checkpointing)
     return predicted, measured
