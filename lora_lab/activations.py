@@ -34,9 +34,13 @@ class _Saved:
 
 
 class _Ctx:
-    def __init__(self, shape, B, T, full, targets, r, e, ab, lora_dropout, attn, device):
+    def __init__(self, shape, B, T, full, targets, r, e, ab, lora_dropout, attn, device, autocast):
         self.shape, self.B, self.T, self.s = shape, B, T, B * T
-        self.full, self.targets, self.r, self.e, self.ab = full, set(targets), r, e, ab
+        self.full, self.targets, self.r, self.e = full, set(targets), r, e
+        # under torch.autocast the adapters' matmuls run in the compute dtype: x is not
+        # re-cast to fp32, but a 16-bit copy of A and B is made (and kept) each forward
+        self.cast_weights = autocast and ab != e
+        self.ab = e if autocast else ab
         self.lora_dropout, self.device = lora_dropout, device
         self.m = 1 if device == "cuda" else e  # CPU dropout multiplies by a float noise tensor
         self.dropout = shape.dropout > 0
@@ -63,6 +67,9 @@ class _Ctx:
         else:
             S.add(f"{layer}.{name}.lora_A input", s * n_in * ab)  # x cast to the adapter dtype
         S.add(f"{layer}.{name}.lora_A output", s * self.r * ab)  # A x, for ∂L/∂B
+        if self.cast_weights:
+            n_out = dict((n, o) for n, _, o, _ in self.shape.block_linears())[name]
+            S.add(f"{layer}.{name}.A, B autocast copies", self.r * (n_in + n_out) * e)
         return True
 
 
@@ -150,12 +157,15 @@ def _llama_block(S: _Saved, c: _Ctx, l: int, rg: bool) -> bool:
 def activation_memory(shape: ModelShape, *, batch_size: int, seq_len: int, full: bool,
                       targets, r: int, act_bytes: int, adapter_bytes: int,
                       lora_dropout: float = 0.0, attn_implementation: str = "sdpa",
-                      device: str = "cuda", gradient_checkpointing: bool = False) -> dict:
+                      device: str = "cuda", gradient_checkpointing: bool = False,
+                      autocast: bool = True) -> dict:
     """Bytes of tensors saved for backward in one training step (forward with the loss).
 
     Without checkpointing: the sum over blocks + embeddings/head/loss. With it (HF style,
     one checkpoint per block): each block's input ``s·h·e`` is stored, and during
     backward one block at a time is recomputed, so the peak adds the largest block.
+    ``autocast``: the forward runs under ``torch.autocast`` (as ``Trainer(bf16=True)``), so
+    fp32 adapters compute in the activation dtype.
 
     Returns:
         dict with ``"total"``, ``"stored"`` (kept through the forward pass),
@@ -168,7 +178,7 @@ def activation_memory(shape: ModelShape, *, batch_size: int, seq_len: int, full:
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     c = _Ctx(shape, batch_size, seq_len, full, targets, r, act_bytes, adapter_bytes,
-             lora_dropout, attn_implementation, device)
+             lora_dropout, attn_implementation, device, autocast)
     s, h, e, V = c.s, shape.d_model, act_bytes, shape.vocab_size
     S = _Saved()
     block = _gpt2_block if shape.arch == "gpt2" else _llama_block

@@ -139,7 +139,8 @@ def training_memory(model: str | ModelShape = "gpt2", recipe: str = "lora", *, r
                     compute_dtype: str = "bf16", optimizer: str | None = None,
                     master_weights: bool | None = None, batch_size: int = 1, seq_len: int = 512,
                     gradient_checkpointing: bool = False, attn_implementation: str = "sdpa",
-                    device: str = "cuda", lora_dropout: float = 0.0) -> MemoryBreakdown:
+                    device: str = "cuda", lora_dropout: float = 0.0,
+                    autocast: bool = True) -> MemoryBreakdown:
     """Predict training memory, in bytes, one entry per component.
 
     Per trainable weight: ``bytes(trainable) + bytes(grad) + optimizer + master`` —
@@ -161,7 +162,8 @@ def training_memory(model: str | ModelShape = "gpt2", recipe: str = "lora", *, r
             block's input (plus one block recomputed during backward).
         attn_implementation: ``"sdpa"`` or ``"eager"``. device: ``"cuda"`` or ``"cpu"``
             (dropout masks are 1-byte bools on CUDA, full tensors on CPU).
-        lora_dropout: in [0, 1).
+        lora_dropout: in [0, 1). autocast: the forward runs under ``torch.autocast`` in the
+            compute dtype (``Trainer(bf16=True)``); ``False`` for plain eager modules.
 
     Raises:
         ValueError: an unknown recipe/dtype/optimizer or a non-positive size, naming it.
@@ -213,7 +215,8 @@ def training_memory(model: str | ModelShape = "gpt2", recipe: str = "lora", *, r
                             targets=[n for n, *_ in targets], r=r,
                             act_bytes=DTYPE_BYTES[act_dtype], adapter_bytes=tb,
                             lora_dropout=lora_dropout, attn_implementation=attn_implementation,
-                            device=device, gradient_checkpointing=gradient_checkpointing)
+                            device=device, gradient_checkpointing=gradient_checkpointing,
+                            autocast=autocast)
     components = {
         "quantized base": frozen_quant,
         "unquantized base": frozen_plain,
@@ -233,7 +236,7 @@ def training_memory(model: str | ModelShape = "gpt2", recipe: str = "lora", *, r
                        trainable_dtype=trainable_dtype, compute_dtype=act_dtype, optimizer=optimizer,
                        master_weights=master_weights, batch_size=batch_size, seq_len=seq_len,
                        gradient_checkpointing=gradient_checkpointing,
-                       attn_implementation=attn_implementation, device=device)
+                       attn_implementation=attn_implementation, device=device, autocast=autocast)
     return MemoryBreakdown(components, counts, act, assumptions)
 
 
