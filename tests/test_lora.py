@@ -345,3 +345,57 @@ def test_merge_model_and_save_refuses_merged(tmp_path):
         save_adapter(model, tmp_path / "m")
     unmerge_lora(model)
     save_adapter(model, tmp_path / "m")
+
+
+# ---------------------------------------------------------------- bitsandbytes 4-bit base
+
+def _bnb_layer(d_in=64, d_out=48, seed=0, device="cpu", compute_dtype=torch.float32):
+    bnb = pytest.importorskip("bitsandbytes")
+    torch.manual_seed(seed)
+    fp = nn.Linear(d_in, d_out)
+    q = bnb.nn.Linear4bit(d_in, d_out, bias=True, compute_dtype=compute_dtype, quant_type="nf4",
+                          compress_statistics=True)
+    q.weight = bnb.nn.Params4bit(fp.weight.data.clone(), requires_grad=False, quant_type="nf4",
+                                 compress_statistics=True)
+    q.bias = nn.Parameter(fp.bias.data.clone(), requires_grad=False)
+    return q.to(device), fp
+
+
+def test_wraps_bnb_linear4bit_trains_and_merges():
+    q, fp = _bnb_layer()
+    layer = LoRALinear(q, r=4, lora_alpha=8, init_lora_weights=False,
+                       generator=torch.Generator().manual_seed(0))
+    assert (layer.in_features, layer.out_features) == (64, 48)
+    x = torch.randn(5, 64)
+    out = layer(x)
+    out.pow(2).sum().backward()
+    assert layer.lora_A.weight.grad is not None and layer.lora_B.weight.grad is not None
+    assert not q.weight.requires_grad
+    # the 4-bit base stays close to the fp layer it came from (NF4 error, not a bug)
+    assert (q(x) - fp(x)).abs().max() < 0.2 * fp(x).abs().max()
+    with torch.no_grad():
+        unmerged = layer(x)
+        layer.merge()
+        merged = layer(x)
+    # merging into a 4-bit base re-quantizes: close, but not exact
+    assert (merged - unmerged).abs().max() < 0.2 * unmerged.abs().max()
+    assert type(q.weight).__name__ == "Params4bit"
+
+
+def test_add_lora_on_bnb_quantized_gpt2_counts_like_peft():
+    bnb = pytest.importorskip("bitsandbytes")
+    model = tiny_gpt2()
+    from transformers import BitsAndBytesConfig  # noqa: F401  (the ecosystem path is in chapter 05)
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, Conv1D):
+                q = bnb.nn.Linear4bit(child.weight.shape[0], child.weight.shape[1], quant_type="nf4")
+                q.weight = bnb.nn.Params4bit(child.weight.data.T.contiguous(), requires_grad=False,
+                                             quant_type="nf4")
+                q.bias = nn.Parameter(child.bias.data.clone())
+                setattr(module, child_name, q.to("cpu"))
+    fp_total = sum(p.numel() for p in tiny_gpt2().parameters())
+    add_lora(model, LoraConfig(r=2, target_modules="all-linear"))
+    trainable, total = trainable_parameters(model)
+    assert trainable == sum(2 * (l.in_features + l.out_features) for _, l in lora_layers(model))
+    assert total == fp_total + trainable  # Params4bit counted as the weights it stands for
