@@ -70,7 +70,8 @@ def plot_param_counts(d_out: int, d_in: int, r: int, *, r_max: int | None = None
     """Trainable parameters of a LoRA update against r, beside the full matrix's count.
 
     Draws ``r (d_in + d_out)`` for r in [1, r_max], the flat line ``d_out · d_in``, the
-    break-even rank ``d_in d_out / (d_in + d_out)`` and a marker at the chosen ``r``.
+    break-even rank ``d_in d_out / (d_in + d_out)`` and a marker at the chosen ``r``, on
+    log-log axes.
 
     Args:
         d_out, d_in: shape of the weight matrix.
@@ -90,7 +91,8 @@ def plot_param_counts(d_out: int, d_in: int, r: int, *, r_max: int | None = None
     ax.plot([r], [counts.lora], "o", color="C0", ms=8, label=f"r = {r}: {counts.lora:,} ({counts.fraction:.2%})")
     ax.set_xlabel("rank r")
     ax.set_ylabel("trainable parameters")
-    ax.set_yscale("log")
+    ax.set_xscale("log")
+    ax.set_yscale("log")  # log-log: r (d_in + d_out) is a straight line of slope 1
     ax.set_title(f"{d_out} × {d_in} weight: LoRA vs full update")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small")
