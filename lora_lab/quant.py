@@ -1,9 +1,106 @@
 """4-bit quantization from first principles: codebooks, blockwise absmax, double quantization.
 
-(Skeleton: the quantization chapter fills this module in.)
+A 4-bit codebook is 16 numbers in [-1, 1]. A tensor is flattened, cut into blocks of
+``blocksize`` values, each block is scaled by its absolute maximum (``absmax``) into
+[-1, 1], and every value is replaced by the index of its nearest code:
+
+    q_i = argmin_k |x_i / absmax_b - code_k|,        x̂_i = code[q_i] * absmax_b
+
+Two 4-bit indices are packed per byte (first element in the high nibble). The byte
+layout and the arithmetic follow bitsandbytes' CPU path exactly, so ``packed`` and
+``absmax`` are byte-identical to ``bitsandbytes.functional.quantize_4bit`` for nf4/fp4.
+The frozen 4-bit layer built on this lives in :mod:`lora_lab.qlinear`; error metrics
+in :mod:`lora_lab.quant_metrics`.
 """
 
 from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from scipy.stats import norm
+from torch import Tensor
+
+from lora_lab.quant8 import dequantize_blockwise_8bit, dynamic_map_8bit, quantize_blockwise_8bit
+
+CODEBOOKS = ("nf4", "fp4", "int4")
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+NF4_OFFSET = 0.9677083  # outermost quantile: QLoRA's choice, 1/2 (1/(2·15) + 1/(2·16)) from 1
+
+
+def nf4_codebook(offset: float = NF4_OFFSET) -> Tensor:
+    """NormalFloat4: 16 quantiles of N(0, 1), normalized to [-1, 1] (QLoRA, Dettmers et al. 2023).
+
+    The positive side takes 9 evenly spaced probabilities from ``offset`` down to 0.5
+    (8 values plus the 0.5 → 0 point), the negative side 8 (7 values plus 0.5), so the
+    type is asymmetric: 8 positive codes, 7 negative codes and an exact zero. Each value
+    is Φ⁻¹(p) (``scipy.stats.norm.ppf``), then all are divided by the largest. Computed in
+    the same precision as bitsandbytes (fp32 probabilities, fp64 ppf, fp32 division),
+    so the result equals its NF4 table bit for bit.
+
+    Returns:
+        Tensor (16,) float32, sorted ascending, from -1.0 to 1.0, ``code[7] == 0``.
+    """
+    pos = norm.ppf(torch.linspace(offset, 0.5, 9)[:-1].numpy())    # 8 quantiles > 0
+    neg = -norm.ppf(torch.linspace(offset, 0.5, 8)[:-1].numpy())   # 7 quantiles < 0
+    values = torch.tensor([*pos.tolist(), 0.0, *neg.tolist()], dtype=torch.float32).sort().values
+    return values / values.max()                                    # Φ⁻¹(offset) ↦ 1.0
+
+
+def fp4_codebook() -> Tensor:
+    """FP4 (E2M1: 1 sign, 2 exponent, 1 mantissa bit) in bitsandbytes' bit order.
+
+    Index bits are ``s e1 e0 m``. bitsandbytes stores the exponent field reversed: field
+    1, 2, 3 means 2³, 2², 2¹, so the magnitude is ``2**(4-e) * (1 + m/2)`` for e ≥ 1 and
+    the subnormal ``m * 0.0625`` for e = 0. Magnitudes {0, 0.0625, 2, 3, 4, 6, 8, 12}
+    are divided by 12; the sign bit (index + 8) negates. Zero appears twice (±0).
+
+    Returns:
+        Tensor (16,) float32 in code (index) order, NOT sorted.
+    """
+    mags = [(2.0 ** (4 - (b >> 1)) * (1 + (b & 1) / 2)) if b >> 1 else (b & 1) * 0.0625 for b in range(8)]
+    values = torch.tensor(mags + [-m for m in mags], dtype=torch.float32)
+    return values / values.abs().max()
+
+
+def int4_codebook() -> Tensor:
+    """Linear symmetric int4: k/7 for k = -7..7, as round(7·x/absmax) would give.
+
+    Symmetric absmax int4 has only 15 distinct levels; the 16th code is a second zero
+    (as in bitsandbytes' "int4" type), which the sign of tiny values picks.
+
+    Returns:
+        Tensor (16,) float32, sorted ascending: -1, -6/7, ..., 0, 0, ..., 6/7, 1.
+    """
+    k = torch.tensor([*range(-7, 1), *range(0, 8)], dtype=torch.float32)
+    return k / 7
+
+
+def get_codebook(codebook: str) -> Tensor:
+    """The 16 code values (index order) for ``codebook`` in {"nf4", "fp4", "int4"}."""
+    if codebook not in CODEBOOKS:
+        raise ValueError(f"codebook must be one of {CODEBOOKS}, got {codebook!r}")
+    return {"nf4": nf4_codebook, "fp4": fp4_codebook, "int4": int4_codebook}[codebook]()
+
+
+def bin_edges(codebook: str | Tensor) -> Tensor:
+    """Decision boundaries: the 15 midpoints between consecutive sorted code values.
+
+    A scaled value v goes to sorted bin i when ``edges[i-1] < v <= edges[i]`` (a tie at an
+    edge goes to the lower bin, as ``torch.bucketize`` and bitsandbytes do).
+    """
+    code = get_codebook(codebook) if isinstance(codebook, str) else codebook
+    s = code.sort(stable=True).values
+    return (s[:-1] + s[1:]) / 2
+
+
+def _check_blocksize(blocksize) -> int:
+    if not isinstance(blocksize, int) or isinstance(blocksize, bool) or not 32 <= blocksize <= 4096 \
+            or blocksize & (blocksize - 1):
+        raise ValueError(f"blocksize must be a power of two in [32, 4096] (bitsandbytes' range), got {blocksize!r}")
+    return blocksize
 
 
 def bits_per_param(blocksize: int = 64, double_quant: bool = False, *,
@@ -13,7 +110,8 @@ def bits_per_param(blocksize: int = 64, double_quant: bool = False, *,
     Without double quantization each block of ``blocksize`` weights stores one fp32
     absmax: ``4 + 32/blocksize`` (4.5 at 64). With it, each absmax is an 8-bit code
     and each group of ``dq_blocksize`` codes shares one fp32 scale:
-    ``4 + 8/blocksize + 32/(blocksize*dq_blocksize)`` (≈4.127 at 64, 256).
+    ``4 + 8/blocksize + 32/(blocksize*dq_blocksize)`` (≈4.127 at 64, 256). (The single
+    fp32 mean subtracted before the second quantization is O(1/n) and left out.)
 
     Args:
         blocksize: weights per block, a power of two in [32, 4096].
@@ -23,8 +121,210 @@ def bits_per_param(blocksize: int = 64, double_quant: bool = False, *,
     Raises:
         ValueError: if ``blocksize`` is not a power of two in [32, 4096].
     """
-    if not isinstance(blocksize, int) or blocksize < 32 or blocksize > 4096 or blocksize & (blocksize - 1):
-        raise ValueError(f"blocksize must be a power of two in [32, 4096] (bitsandbytes' range), got {blocksize!r}")
+    _check_blocksize(blocksize)
     if double_quant:
         return 4 + 8 / blocksize + 32 / (blocksize * dq_blocksize)
     return 4 + 32 / blocksize
+
+
+# --------------------------------------------------------------------------- 4-bit quantization
+@dataclass(frozen=True, eq=False)
+class QuantizedTensor:
+    """A 4-bit quantized tensor; field names follow bitsandbytes' ``QuantState``.
+
+    Attributes:
+        packed: uint8 (ceil(n/2),), two codes per byte, element 2j in the high nibble.
+        absmax: one per block: float32 (n_blocks,), or with ``double_quant`` the uint8
+            8-bit codes of ``absmax - nested_offset`` (bitsandbytes' ``state.absmax``).
+        shape, dtype: of the original tensor (dequantization returns this dtype).
+        blocksize: values per block; codebook: "nf4" | "fp4" | "int4"; code: its (16,) values.
+        nested_absmax: float32 (ceil(n_blocks/256),) scales of the 8-bit codes, or None.
+        nested_offset: float32 scalar, the mean subtracted before double quantization, or None.
+        nested_code: the (256,) 8-bit dynamic map, or None.
+    """
+
+    packed: Tensor
+    absmax: Tensor
+    shape: torch.Size
+    dtype: torch.dtype
+    blocksize: int
+    codebook: str
+    code: Tensor
+    nested_absmax: Tensor | None = None
+    nested_offset: Tensor | None = None
+    nested_code: Tensor | None = None
+    nested_blocksize: int = 256
+
+    @property
+    def double_quant(self) -> bool:
+        return self.nested_absmax is not None
+
+    @property
+    def numel(self) -> int:
+        return int(torch.Size(self.shape).numel())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes actually stored: packed codes + absmax (+ nested scales and the offset)."""
+        parts = [self.packed, self.absmax, self.nested_absmax, self.nested_offset]
+        return sum(p.numel() * p.element_size() for p in parts if p is not None)
+
+    @property
+    def bits_per_param(self) -> float:
+        return 8 * self.nbytes / self.numel
+
+    def absmax_float(self) -> Tensor:
+        """The float32 per-block absmax used by dequantization (undoing double quantization)."""
+        if not self.double_quant:
+            return self.absmax
+        return dequantize_blockwise_8bit(self.absmax, self.nested_absmax, self.nested_code,
+                                         self.nested_blocksize) + self.nested_offset
+
+
+def _sorted_order(code: Tensor) -> Tensor:
+    return torch.argsort(code, stable=True)  # for fp4 this equals bitsandbytes' order, ties included
+
+
+_GRID = 2048  # cells over [-1, 1] for the fast search; each holds at most one bin edge
+
+
+@lru_cache(maxsize=8)
+def _grid_tables(code: tuple[float, ...]) -> tuple[Tensor, Tensor]:
+    """Per grid cell g (v ∈ [-1 + 2g/K, -1 + 2(g+1)/K]): edges below it, and the one edge inside."""
+    edges = bin_edges(torch.tensor(code, dtype=torch.float32)).double()          # (15,)
+    lo = -1 + torch.arange(_GRID + 1, dtype=torch.float64) * 2 / _GRID - 1e-6   # margin >> fp32 rounding
+    hi = lo + 2 / _GRID + 2e-6
+    inside = (edges[None, :] >= lo[:, None]) & (edges[None, :] <= hi[:, None])  # (K+1, 15)
+    if inside.sum(dim=1).max() > 1:
+        raise ValueError("codebook edges closer than the search grid; use torch.bucketize")
+    below = (edges[None, :] < lo[:, None]).sum(dim=1)
+    inf = torch.tensor(float("inf"), dtype=torch.float64)
+    thr = torch.where(inside.any(dim=1), edges[inside.double().argmax(dim=1)], inf)
+    return below.to(torch.uint8), thr.float()
+
+
+def nearest_code_index(scaled: Tensor, code: Tensor) -> Tensor:
+    """Index of the nearest code for each scaled value in [-1, 1] (ties at an edge go down).
+
+    The reference is ``order[torch.bucketize(scaled, bin_edges(code))]``, with ``order``
+    the stable argsort of ``code`` (identity for nf4/int4). This computes the same result
+    faster: ``scaled`` picks one of 2048 grid cells, a table gives the number of edges
+    below the cell, and one comparison with the single edge inside the cell finishes it.
+
+    Args:
+        scaled: float32 (n,) in [-1, 1]; code: (16,) codebook in index order.
+
+    Returns:
+        uint8 (n,) code indices.
+    """
+    below, thr = _grid_tables(tuple(code.tolist()))
+    cell = (scaled + 1).mul_(_GRID / 2).int()                          # fp32, error << margin
+    idx = torch.index_select(below, 0, cell)
+    idx += scaled > torch.index_select(thr, 0, cell)                   # sorted-bin index
+    order = _sorted_order(code)
+    if not torch.equal(order, torch.arange(16)):
+        idx = torch.index_select(order.to(torch.uint8), 0, idx.int())  # back to code index (fp4)
+    return idx
+
+
+def quantize_4bit(x: Tensor, codebook: str = "nf4", blocksize: int = 64,
+                  double_quant: bool = False) -> QuantizedTensor:
+    """Blockwise 4-bit quantization of any-shape float tensor (flattened, row-major).
+
+    Full blocks are scaled by ``x * (1/absmax)``, a trailing partial block by
+    ``x / absmax`` (bitsandbytes' arithmetic), both clamped to [-1, 1]; each value takes
+    the nearest code (``bucketize`` on :func:`bin_edges`, ties to the lower bin; see
+    :func:`nearest_code_index`).
+    With ``double_quant`` the absmax vector has its mean subtracted and is quantized to
+    8 bits in blocks of 256 with :func:`dynamic_map_8bit`.
+
+    Args:
+        x: float32/float16/bfloat16 tensor, any shape, at least one element, all finite.
+        codebook: "nf4", "fp4" or "int4".
+        blocksize: a power of two in [32, 4096].
+        double_quant: also quantize the absmax constants (QLoRA's double quantization).
+
+    Returns:
+        A :class:`QuantizedTensor` with ceil(n/2) packed bytes and ceil(n/blocksize) scales.
+
+    Raises:
+        ValueError: empty tensor, non-float dtype, NaN/inf, bad blocksize or codebook.
+    """
+    code = get_codebook(codebook)
+    _check_blocksize(blocksize)
+    if not isinstance(x, Tensor) or x.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"x must be a float32/float16/bfloat16 tensor, got {getattr(x, 'dtype', type(x))}")
+    if x.numel() == 0:
+        raise ValueError(f"x must have at least one element, got shape {tuple(x.shape)}")
+    flat = x.detach().reshape(-1).float()                               # (n,)
+    if not torch.isfinite(flat).all():
+        raise ValueError("x must be finite: it contains NaN or inf (absmax scaling would poison its block)")
+    n = flat.numel()
+    rem = n % blocksize
+    full = n - rem
+    blocks = flat[:full].view(-1, blocksize)                            # (n // blocksize, blocksize)
+    absmax = blocks.abs().amax(dim=1)
+    scaled = torch.clamp(blocks * (1.0 / absmax.clamp(min=1e-38))[:, None], -1, 1).reshape(-1)
+    if rem:
+        tail_absmax = flat[full:].abs().max().clamp(min=1e-38)
+        absmax = torch.cat([absmax, tail_absmax[None]])
+        scaled = torch.cat([scaled, torch.clamp(flat[full:] / tail_absmax, -1, 1)])
+    if n % 2:
+        scaled = torch.nn.functional.pad(scaled, (0, 1))               # pad to whole bytes
+    q = nearest_code_index(scaled, code)                                # (n_even,) uint8
+    packed = (q[0::2] << 4) | q[1::2]                                   # high nibble first
+    fields = dict(packed=packed, absmax=absmax, shape=torch.Size(x.shape), dtype=x.dtype,
+                  blocksize=blocksize, codebook=codebook, code=code)
+    if double_quant:
+        offset = absmax.mean()
+        dyn = dynamic_map_8bit()
+        codes, scales = quantize_blockwise_8bit(absmax - offset, dyn, 256)
+        fields.update(absmax=codes, nested_absmax=scales, nested_offset=offset, nested_code=dyn)
+    return QuantizedTensor(**fields)
+
+
+def unpack_codes(q: QuantizedTensor) -> Tensor:
+    """The 4-bit indices, int64 (n,), element order (high nibble first)."""
+    codes = torch.stack([q.packed >> 4, q.packed & 0xF], dim=1).reshape(-1)
+    return codes[: q.numel].long()
+
+
+@lru_cache(maxsize=8)
+def _word_table(code: tuple[float, ...]) -> Tensor:
+    """(65536,) complex128 used as 16 raw bytes: the 4 fp32 codes packed in a 2-byte word.
+
+    Word w (little-endian) holds byte b0 = w & 255 then b1 = w >> 8, i.e. the codes
+    (b0 >> 4, b0 & 15, b1 >> 4, b1 & 15) in element order.
+    """
+    c = torch.tensor(code, dtype=torch.float32)
+    b = torch.arange(256)
+    pairs = torch.stack([c[b >> 4], c[b & 15]], dim=1)                  # (256, 2)
+    w = torch.arange(65536)
+    quads = torch.cat([pairs[w & 255], pairs[w >> 8]], dim=1)           # (65536, 4)
+    return quads.contiguous().view(torch.complex128).reshape(65536)
+
+
+def dequantize_4bit(q: QuantizedTensor, *, dtype: torch.dtype | None = None) -> Tensor:
+    """x̂ = code[q] · absmax_block in float32, then cast to ``dtype`` (default: the original).
+
+    Two packed bytes (four codes) are decoded at once through a 65536-entry table, so the
+    work is one gather per four values and one multiply per block.
+
+    Returns:
+        Tensor of ``q.shape``.
+    """
+    if not isinstance(q, QuantizedTensor):
+        raise ValueError(f"q must be a QuantizedTensor, got {type(q).__name__}")
+    n, bs = q.numel, q.blocksize
+    if sys.byteorder == "little":
+        packed = q.packed if q.packed.numel() % 2 == 0 else torch.cat([q.packed, q.packed.new_zeros(1)])
+        words = packed.contiguous().view(torch.uint16).int()            # (bytes/2,)
+        values = torch.index_select(_word_table(tuple(q.code.tolist())), 0, words).view(torch.float32)
+    else:  # pragma: no cover - the word trick assumes little-endian bytes
+        values = q.code[unpack_codes(q)]
+    absmax = q.absmax_float()
+    nblocks = absmax.numel()
+    if values.numel() != nblocks * bs:
+        values = torch.nn.functional.pad(values[:n], (0, nblocks * bs - n))
+    out = values.view(nblocks, bs).mul_(absmax[:, None]).view(-1)[:n]  # x̂ = code · absmax
+    return out.to(dtype or q.dtype).reshape(q.shape)
