@@ -89,7 +89,9 @@ def _gpt2_block(S: _Saved, c: _Ctx, l: int, rg: bool) -> bool:
             S.add(f"{l}.attn logsumexp", B * a * T * 4)
         else:  # eager / math: softmax(q kᵀ/√d) is (B, a, T, T)
             ae = c.ae
-            S.add(f"{l}.attn q,k,v", 3 * s * h * ae)
+            # q kᵀ and p v copy their operands into (B·a, T, d) batches; with B = 1 the copy of
+            # q is a view, which keeps the whole fused (s, 3h) c_attn output alive: 5·s·h
+            S.add(f"{l}.attn q,k,v", (5 if B == 1 and c.attn == "eager" else 3) * s * h * ae)
             S.add(f"{l}.attn softmax", B * a * T * T * ae)
             if c.dropout:
                 S.add(f"{l}.attn dropout mask", B * a * T * T * (ae if c.device == "cpu" else 1))
@@ -182,11 +184,13 @@ def activation_memory(shape: ModelShape, *, batch_size: int, seq_len: int, full:
     s, h, e, V = c.s, shape.d_model, act_bytes, shape.vocab_size
     S = _Saved()
     block = _gpt2_block if shape.arch == "gpt2" else _llama_block
-    rg = full  # with frozen embeddings nothing needs a gradient before the first adapter
+    # with frozen embeddings nothing needs a gradient before the first adapter, except that
+    # transformers' gradient_checkpointing_enable() makes the embedding output require grad
+    rg = full or gradient_checkpointing
     if full:
         S.add("out.token ids", s * 8 + (seq_len * 8 if shape.arch == "gpt2" else 0))
-        if shape.arch == "gpt2" and c.dropout:
-            S.add("out.embedding dropout mask", s * h * c.m)
+    if rg and shape.arch == "gpt2" and c.dropout:
+        S.add("out.embedding dropout mask", s * h * c.m)
     per_layer = []
     for l in range(shape.n_layers):
         before = S.total()

@@ -166,7 +166,8 @@ def build_model(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_
             if p.requires_grad:
                 p.data = p.data.float()  # adapters train in fp32, as PEFT's autocast_adapter_dtype
     if gradient_checkpointing:  # one checkpoint per block, as Trainer does
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.AdamW(trainable, lr=1e-3)
