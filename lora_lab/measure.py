@@ -154,10 +154,19 @@ def build_model(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_
     """
     from transformers import AutoModelForCausalLM
 
-    with torch.random.fork_rng(devices=[]):  # seeded init without touching global RNG state
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config).to(device)
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():  # bytes do not depend on values: skip transformers' slow init ...
+        model = AutoModelForCausalLM.from_config(config)
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():  # ... and draw N(0, 0.02²) matrices from our own generator
+        for name, p in model.named_parameters():
+            if p.ndim > 1:
+                p.normal_(0.0, 0.02, generator=gen)
+            else:  # norm scales 1, biases 0
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+    model.tie_weights()  # GPT-2's lm_head shares wte's storage
+    model = model.to(device)
     if recipe == "qlora":
         model = quantize_linears_4bit(model.to(torch.bfloat16))
     if recipe in ("lora", "qlora"):

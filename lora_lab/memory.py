@@ -248,3 +248,19 @@ def bytes_per_trainable_param(trainable_dtype: str = "bf16", optimizer: str = "a
     upd = 4 if master else tb
     per = {"adamw": 2 * upd, "adamw-32bit": 8, "adamw-8bit": 2, "sgd-momentum": upd, "none": 0}
     return 2 * tb + per[_choice("optimizer", optimizer, OPTIMIZERS)] + (4 if master else 0)
+
+
+def judge_claim(claimed: float, computed: float, kind: str = "about") -> str:
+    """Verdict on a quoted figure: ``"right"``, ``"approximate"`` or ``"wrong"``.
+
+    ``kind="about"``: right within 5%, approximate within 25%, else wrong.
+    ``"more than"`` / ``"less than"``: right if the bound holds, approximate if it misses by
+    at most 10%, else wrong.
+    """
+    if kind == "about":
+        err = abs(computed / claimed - 1)
+        return "right" if err <= 0.05 else "approximate" if err <= 0.25 else "wrong"
+    if kind not in ("more than", "less than"):
+        raise ValueError(f"kind must be 'about', 'more than' or 'less than', got {kind!r}")
+    holds = computed > claimed if kind == "more than" else computed < claimed
+    return "right" if holds else "approximate" if abs(computed / claimed - 1) <= 0.10 else "wrong"
