@@ -53,9 +53,10 @@ SETTLE_TIMEOUT_S = 120      # kernel must handle a control's messages within thi
 NOTHING_SENT_S = 5          # a move that sends no message to the kernel within this failed
 MAX_SHOT_HEIGHT = 12_000    # px per screenshot part
 EXPLORER_CALL = re.compile(r"\b\w+_explorer\s*\(")
-CONTROL_CLASSES = ["widget-slider", "widget-checkbox", "widget-dropdown", "widget-toggle-buttons",
-                   "widget-radio", "widget-select", "widget-text", "widget-textarea", "widget-button",
-                   "widget-toggle-button", "widget-colorpicker", "widget-datepicker"]
+CONTROL_CLASSES = ["widget-slider", "widget-checkbox", "widget-dropdown", "widget-toggle-buttons",  # ipywidgets 8
+                   "widget-radio", "widget-select", "widget-select-multiple", "widget-text", "widget-textarea",
+                   "widget-button", "widget-toggle-button", "widget-colorpicker", "widget-datepicker",
+                   "widget-datetimepicker", "widget-timepicker", "widget-upload", "widget-play", "widget-controller"]
 
 # Helpers installed once in the page (window.__lora). `panel` is the open notebook.
 PAGE_HELPERS = r"""
@@ -130,12 +131,14 @@ PAGE_HELPERS = r"""
       if (handle) value = handle.getAttribute('aria-valuenow');
       else if (c.querySelector('select')) value = c.querySelector('select').value;
       else if (c.querySelector('input[type=checkbox]')) value = String(c.querySelector('input[type=checkbox]').checked);
+      else if (c.querySelector('input[type=radio]')) value = (c.querySelector('input[type=radio]:checked') || {value: 'none'}).value;
       else if (c.querySelector('input')) value = c.querySelector('input').value;
       else if (c.querySelector('.mod-active')) value = c.querySelector('.mod-active').textContent;
       const readout = c.querySelector('.widget-readout');
       return {readout: kids[n - 2].innerText, plot: img ? img.src : null,
               plotErrors: kids[n - 1].querySelectorAll('[data-mime-type="application/vnd.jupyter.stderr"], .jp-OutputArea-output.jp-mod-error').length,
               value: value === undefined ? null : String(value) + (readout ? ' (' + readout.textContent + ')' : ''),
+              rawValue: value === undefined ? null : String(value),
               label: [...c.querySelectorAll('.widget-label, .widget-label-basic')]
                 .map(e => e.textContent.replace(/\u200b/g, '').trim()).find(Boolean) || c.textContent.trim().slice(0, 40),
               kind: c.className, pending: [...this.sent.values()].filter(v => !v).length, sent: this.sent.size};
@@ -190,35 +193,58 @@ def _report(name: str, entry: dict) -> None:
     os.replace(tmp, path)
 
 
-def move(page, k: int, j: int, before: dict) -> None:
-    """Move control j of explorer k through the UI, the way a learner would."""
+MAX_ATTEMPTS = 3  # e.g. a dropdown whose next option happens to give the same figures: try another
+
+
+def move(page, k: int, j: int, before: dict, attempt: int) -> bool:
+    """Move control j of explorer k through the UI, the way a learner would; False if no move is left.
+
+    ``attempt`` 0 is the first move; later attempts pick another option (dropdown, toggle, radio)
+    or a bigger step (slider, number box), for controls whose first move may legitimately leave
+    the figures unchanged (two optimizer presets with the same state size, say).
+    """
     control = page.locator(f'[data-lora-explorer="{k}"] > .widget-vbox > [data-lora-control="{j}"]')
     kind = before["kind"]
+
+    def pick(others: list, do) -> bool:
+        if attempt >= len(others):
+            return False
+        do(others[attempt])
+        return True
+
     if "widget-slider" in kind:
         handle = control.locator(".noUi-handle").first
         now, hi = (float(handle.get_attribute(a)) for a in ("aria-valuenow", "aria-valuemax"))
+        keys = ["PageUp", "End"] if now < hi else ["PageDown", "Home"]  # several steps, then the far end
+        if attempt >= len(keys):
+            return False
         handle.focus()
-        handle.press("PageUp" if now < hi else "PageDown")  # several steps; PageDown at the top end
-    elif "widget-checkbox" in kind:
-        control.locator("input[type=checkbox]").click()
-    elif "widget-dropdown" in kind or "widget-select" in kind:
+        handle.press(keys[attempt])
+        return True
+    if "widget-checkbox" in kind:
+        return pick([None], lambda _: control.locator("input[type=checkbox]").click())
+    if "widget-dropdown" in kind or "widget-select" in kind:
         select = control.locator("select")
         options = select.locator("option").evaluate_all("os => os.map(o => o.value)")
-        other = [o for o in options if o != select.input_value()]
-        assert other, f"dropdown {before['label']!r} has a single option: nothing to move"
-        select.select_option(other[0])
-    elif "widget-toggle-buttons" in kind:
-        control.locator("button:not(.mod-active)").first.click()
-    elif "widget-radio" in kind:
-        control.locator("input[type=radio]:not(:checked)").first.click()
-    elif "widget-text" in kind and control.locator("input[type=number]").count():
-        box = control.locator("input[type=number]")
-        box.focus()
-        box.press("ArrowUp")
-        box.press("Enter")
-    else:
-        raise AssertionError(f"the browser test does not know how to move a control of class {kind!r} "
-                             f"({before['label']!r}); teach move() in {Path(__file__).name}")
+        return pick([o for o in options if o != before["rawValue"]], select.select_option)
+    if "widget-toggle-buttons" in kind:
+        buttons = control.locator("button")
+        others = [i for i in range(buttons.count()) if "mod-active" not in (buttons.nth(i).get_attribute("class") or "")]
+        return pick(others, lambda i: buttons.nth(i).click())
+    if "widget-radio" in kind:
+        radios = control.locator("input[type=radio]")
+        others = [i for i in range(radios.count()) if radios.nth(i).get_attribute("value") != before["rawValue"]]
+        return pick(others, lambda i: radios.nth(i).click())
+    if "widget-text" in kind and control.locator("input[type=number]").count():
+        def step(key):
+            box = control.locator("input[type=number]")
+            box.focus()
+            for _ in range(1 + 4 * attempt):
+                box.press(key)
+            box.press("Enter")
+        return pick(["ArrowUp", "ArrowUp"], step)
+    raise AssertionError(f"the browser test does not know how to move a control of class {kind!r} "
+                         f"({before['label']!r}); teach move() in {Path(__file__).name}")
 
 
 def wait_until_handled(page, k: int, j: int, before: dict) -> dict:
@@ -241,6 +267,17 @@ def wait_until_handled(page, k: int, j: int, before: dict) -> dict:
         if now - t0 > SETTLE_TIMEOUT_S:
             return state
         time.sleep(0.15)
+
+
+def screenshot_explorer(page, k: int, path: Path) -> None:
+    """Screenshot one explorer whole: a window tall enough for it, the explorer scrolled to the top."""
+    selector = f'[data-lora-explorer="{k}"]'
+    height = page.evaluate("(s) => document.querySelector(s).getBoundingClientRect().height", selector)
+    page.set_viewport_size({"width": 1280, "height": min(MAX_SHOT_HEIGHT, int(height) + 300)})
+    page.evaluate("(s) => document.querySelector(s).scrollIntoView({block: 'start'})", selector)
+    page.wait_for_timeout(300)
+    page.locator(selector).screenshot(path=str(path))
+    page.set_viewport_size({"width": 1280, "height": 900})
 
 
 def screenshot_notebook(page, path: Path) -> list[str]:
@@ -306,11 +343,18 @@ def test_notebook_runs_and_widgets_respond(lab_page, notebook: Path):
                 before = page.evaluate("([k, j]) => window.__lora.state(k, j)", [ex["index"], j])
                 assert before["plot"], (f"{notebook.name}: explorer {ex['title']!r} (cell {ex['cell']}) shows no "
                                         "plot image before any move")
-                move(page, ex["index"], j, before)
-                after = wait_until_handled(page, ex["index"], j, before)
+                after, nothing_sent, sent_mark = None, False, before["sent"]
+                for attempt in range(MAX_ATTEMPTS):
+                    if not move(page, ex["index"], j, before, attempt):
+                        break
+                    after = wait_until_handled(page, ex["index"], j, {**before, "sent": sent_mark})
+                    nothing_sent, sent_mark = after["sent"] == sent_mark, after["sent"]
+                    if nothing_sent or (after["readout"] != before["readout"]
+                                        and after["plot"] not in (None, before["plot"])):
+                        break
                 what = f"{notebook.name}: explorer {ex['title']!r} (cell {ex['cell']}), control {before['label']!r}"
                 problems = []
-                if after["sent"] == before["sent"]:
+                if nothing_sent:
                     problems.append("moving it sent nothing to the kernel")
                 if after["pending"]:
                     problems.append(f"the kernel did not handle the move within {SETTLE_TIMEOUT_S} s")
@@ -328,8 +372,7 @@ def test_notebook_runs_and_widgets_respond(lab_page, notebook: Path):
                     failures.append(f"{what} moved {before['value']} -> {after['value']}: " + "; ".join(problems))
                 moved.append({"control": before["label"], "from": before["value"], "to": after["value"],
                               "ok": not problems})
-            shot = ARTIFACTS / f"{notebook.stem}__explorer{ex['index']}.png"
-            page.locator(f'[data-lora-explorer="{ex["index"]}"]').screenshot(path=str(shot))
+            screenshot_explorer(page, ex["index"], ARTIFACTS / f"{notebook.stem}__explorer{ex['index']}.png")
             entry["explorers"].append({"title": ex["title"], "cell": ex["cell"], "controls": moved})
 
         # 4. the whole notebook, after the moves
