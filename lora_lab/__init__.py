@@ -2,9 +2,14 @@
 
 Modules, one concept each:
     lowrank   rank, SVD, best rank-r approximation, parameter counts
-    lora      the LoRA layer, injecting it into a model, merge/unmerge, adapter files
-    quant     4-bit codebooks (NF4/FP4/int4), blockwise and double quantization, a 4-bit layer
-    memory    what sits in memory during training, predicted and measured
+    lora      the LoRA layer, injecting it into a model, merge/unmerge
+              (baselayer: the layers it wraps; adapter_io: PEFT-format adapter files;
+              scaling: lora_alpha, rsLoRA and merge latency)
+    quant     4-bit codebooks (NF4/FP4/int4), blockwise and double quantization
+              (qlinear: the frozen 4-bit layer; quant_metrics: error metrics)
+    memory    what sits in memory during training, predicted (shapes: model presets;
+              activations: the activation model) and measured (measure)
+    course    the course map and the environment check
     plots/    figures (each function returns a matplotlib Figure)
     widgets/  thin ipywidgets explorers over the functions above
     exercises/ checkers for the end-of-chapter exercises

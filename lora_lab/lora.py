@@ -177,10 +177,11 @@ class LoRALinear(nn.Module):
 
 
 def _float_dtype(layer: nn.Module) -> torch.dtype:
-    """Adapters train in the base's float dtype, or fp32 when the base is quantized/integer."""
-    for p in layer.parameters():
-        if p.dtype.is_floating_point and p.dtype != torch.uint8:
-            return p.dtype if p.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float32
+    """Adapters are kept in fp32 (fp64 for an fp64 base), whatever the base's dtype: PEFT's
+    default ``autocast_adapter_dtype=True`` does the same, because fp16/bf16 adapter weights
+    train poorly. The input is cast to this dtype and the result back to the base's."""
+    if any(p.dtype == torch.float64 for p in layer.parameters()):
+        return torch.float64
     return torch.float32
 
 

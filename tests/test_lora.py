@@ -399,3 +399,11 @@ def test_add_lora_on_bnb_quantized_gpt2_counts_like_peft():
     trainable, total = trainable_parameters(model)
     assert trainable == sum(2 * (l.in_features + l.out_features) for _, l in lora_layers(model))
     assert total == fp_total + trainable  # Params4bit counted as the weights it stands for
+
+
+def test_adapters_fp32_on_half_precision_base_like_peft():
+    base = nn.Linear(16, 8).to(torch.bfloat16)
+    layer = LoRALinear(base, r=2, init_lora_weights=False)
+    assert layer.lora_A.weight.dtype == torch.float32 and layer.lora_B.weight.dtype == torch.float32
+    out = layer(torch.randn(3, 16, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16
