@@ -55,13 +55,14 @@ def fp4_codebook() -> Tensor:
     Index bits are ``s e1 e0 m``. bitsandbytes stores the exponent field reversed: field
     1, 2, 3 means 2³, 2², 2¹, so the magnitude is ``2**(4-e) * (1 + m/2)`` for e ≥ 1 and
     the subnormal ``m * 0.0625`` for e = 0. Magnitudes {0, 0.0625, 2, 3, 4, 6, 8, 12}
-    are divided by 12; the sign bit (index + 8) negates. Zero appears twice (±0).
+    are divided by 12; the sign bit (index + 8) negates. Zero appears twice (indices 0 and 8,
+    both +0.0 in bitsandbytes' table).
 
     Returns:
         Tensor (16,) float32 in code (index) order, NOT sorted.
     """
     mags = [(2.0 ** (4 - (b >> 1)) * (1 + (b & 1) / 2)) if b >> 1 else (b & 1) * 0.0625 for b in range(8)]
-    values = torch.tensor(mags + [-m for m in mags], dtype=torch.float32)
+    values = torch.tensor(mags + [-m if m else 0.0 for m in mags], dtype=torch.float32)  # +0.0 at 8, as bnb
     return values / values.abs().max()
 
 
