@@ -1,0 +1,148 @@
+"""The fine-tuning task: answer a question about a story, in a format the base never saw.
+
+Each example is a story from :mod:`lora_lab.stories` (without recall sentences),
+followed by a question about one of its facts and a one-word answer::
+
+    Tom found a red ball in the park. ... Later, Tom gave the ball to Mia. Then they went home.
+    Question: Who found the ball?
+    Answer: Tom<|endoftext|>
+
+The pretraining corpus holds no "Question:"/"Answer:" lines, no line breaks and no
+story that stops after a single word, so the base model scores close to 0% exact match.
+What the base *can* do is copy the right entity out of a story ("The one who found the
+ball was Tom."): LoRA only has to connect the new format to that skill. The answer
+always depends on the story: 8 question types over 100+ names, 70+ objects, 40+ places,
+13 colours, 22 feelings and 40 animals.
+
+The split is deterministic: training stories come from the stream "task-train",
+held-out stories from "task-eval" (:func:`lora_lab.stories.story_rng`), so no held-out
+story is a training story, and neither is a pretraining story.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from lora_lab.stories import Fact, make_story, story_rng
+
+QUESTION_TYPES = ("who", "where", "colour", "what", "recipient", "giver", "feeling", "animal")
+SPLITS = ("train", "eval")
+PROMPT_TEMPLATE = "{story}\nQuestion: {question}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt/answer pair. ``prompt + " " + answer`` is the full text (then EOS)."""
+
+    prompt: str
+    answer: str
+    qtype: str
+    index: int
+
+    @property
+    def completion(self) -> str:
+        """What the model should generate after the prompt (without the EOS token)."""
+        return " " + self.answer
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _questions(facts: Sequence[Fact]) -> dict[str, list[tuple[str, str, str]]]:
+    """All unambiguous (question, recall prefix, answer) triples a story's facts allow,
+    by question type. The recall prefix is the pretraining-style sentence start that
+    the same answer completes ("The one who found the ball was" -> " Tom")."""
+    qs: dict[str, list[tuple[str, str, str]]] = {t: [] for t in QUESTION_TYPES}
+    gets = [f for f in facts if f.kind == "get"]
+    for f in facts:
+        if f.kind in ("get", "do"):
+            base, past, _ = f.verb
+            qs["who"].append((f"Who {past} the {f.obj}?", f"The one who {past} the {f.obj} was", f.agent))
+            if f.place is not None:
+                qs["where"].append((f"Where did {f.agent} {base} the {f.obj}?",
+                                    f"The place where {f.agent} {past} the {f.obj} was the", f.place))
+        if f.kind == "get":
+            qs["colour"].append((f"What colour was the {f.obj}?", f"The colour of the {f.obj} was", f.colour))
+            if sum(g.agent == f.agent and g.verb == f.verb for g in gets) == 1:
+                qs["what"].append((f"What did {f.agent} {f.verb[0]}?",
+                                   f"What {f.agent} {f.verb[1]} was {_a(f.obj)}", f.obj))
+        elif f.kind == "give":
+            qs["recipient"].append((f"Who did {f.agent} give the {f.obj} to?",
+                                    f"The one who got the {f.obj} was", f.other))
+            qs["giver"].append((f"Who gave the {f.obj} to {f.other}?",
+                                f"The one who gave the {f.obj} away was", f.agent))
+        elif f.kind == "feel":
+            qs["feeling"].append((f"How did {f.agent} feel?", f"{f.agent} was feeling", f.value))
+        elif f.kind == "see":
+            qs["animal"].append((f"What animal did {f.agent} see?",
+                                 f"The animal that {f.agent} saw was {_a(f.value)}", f.value))
+    return qs
+
+
+def make_example(index: int, split: str = "train", seed: int = 0, *, style: str = "task") -> Example:
+    """Example ``index`` of a split: a fresh story, then a question type drawn uniformly
+    among those the story allows, then one of that type's questions.
+
+    ``style="task"`` gives the new question/answer format; ``style="probe"`` asks the
+    same thing the way the pretraining corpus does (story + " The one who found the
+    ball was"), which measures the copying skill the base already has.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if style not in ("task", "probe"):
+        raise ValueError(f"style must be 'task' or 'probe', got {style!r}")
+    rng = story_rng(index, seed, f"task-{split}")
+    story = make_story(rng)
+    qs = _questions(story.facts)
+    qtype = rng.choice([t for t in QUESTION_TYPES if qs[t]])
+    question, recall, answer = rng.choice(qs[qtype])
+    if style == "probe":
+        return Example(f"{story.text()} {recall}", answer, qtype, index)
+    return Example(PROMPT_TEMPLATE.format(story=story.text(), question=question), answer, qtype, index)
+
+
+def make_split(split: str, n: int, seed: int = 0, *, style: str = "task") -> list[Example]:
+    """The first ``n`` examples of ``split`` ("train" or "eval"); deterministic in ``seed``."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    return [make_example(i, split, seed, style=style) for i in range(n)]
+
+
+def normalize_answer(text: str) -> str:
+    """What exact match compares: the generation up to the first line break, stripped."""
+    return text.split("\n", 1)[0].strip()
+
+
+def exact_match(predictions: Sequence[str], answers: Sequence[str]) -> float:
+    """Fraction of predictions equal to their answer after :func:`normalize_answer`.
+
+    ``" Tom"`` matches ``"Tom"``; ``" Tom found the ball"`` and ``" tom"`` do not.
+    Returns a number in [0, 1].
+    """
+    if len(predictions) != len(answers):
+        raise ValueError(f"predictions and answers differ in length: {len(predictions)} != {len(answers)}")
+    if not answers:
+        raise ValueError("exact_match needs at least one answer")
+    hits = sum(normalize_answer(p) == a.strip() for p, a in zip(predictions, answers))
+    return hits / len(answers)
+
+
+def first_word_match(predictions: Sequence[str], answers: Sequence[str]) -> float:
+    """Fraction whose first generated word is the answer (punctuation stripped): did the
+    model *know* the answer, whatever the format? Always >= :func:`exact_match`."""
+    if len(predictions) != len(answers) or not answers:
+        raise ValueError("predictions and answers must be non-empty and of equal length")
+    def first(p: str) -> str:
+        words = p.split()
+        return words[0].strip(".,!?\"'") if words else ""
+    return sum(first(p) == a.strip() for p, a in zip(predictions, answers)) / len(answers)
+
+
+def shuffled(examples: Sequence[Example], seed: int) -> list[Example]:
+    """A copy of ``examples`` in a seeded random order."""
+    out = list(examples)
+    random.Random(seed).shuffle(out)
+    return out

@@ -1,0 +1,226 @@
+"""Build the shipped small GPT-2, data/lab-gpt2/, from nothing (downloads nothing).
+
+    python scripts/build_lab_model.py                      # defaults used for the shipped model
+    python scripts/build_lab_model.py --steps 200 --stories 20000 --out /tmp/tiny   # a quick try
+
+Steps, all seeded:
+  1. generate the pretraining corpus: stories from lora_lab.stories (with recall sentences,
+     the copying practice the fine-tuning task leans on);
+  2. train a byte-level BPE tokenizer on it with `tokenizers` (GPT-2's scheme, small vocab);
+  3. pack stories into blocks of n_positions tokens, each story after an <|endoftext|>;
+  4. pretrain a GPT2LMHeadModel (AdamW, warm-up + cosine decay, grad clipping; bf16 autocast
+     on CUDA, which is used when available);
+  5. measure held-out loss, the copying skill (probe accuracy) and the task's exact match
+     before any fine-tuning (it must be low: the task's format is new);
+  6. save model + tokenizer + generation config in Hugging Face format, and a model card.
+The script prints the final loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lora_lab.stories import pretraining_text  # noqa: E402
+from lora_lab.task import make_split  # noqa: E402
+
+EOS = "<|endoftext|>"
+
+
+def _chunk(args):
+    start, n, seed = args
+    return [pretraining_text(i, seed) for i in range(start, start + n)]
+
+
+def generate_corpus(n: int, seed: int, workers: int, start: int = 0) -> list[str]:
+    """Stories start .. start+n-1 of the pretraining stream (in order, whatever ``workers``)."""
+    step = 20_000
+    jobs = [(s, min(step, start + n - s), seed) for s in range(start, start + n, step)]
+    if workers <= 1:
+        return [t for j in jobs for t in _chunk(j)]
+    with Pool(workers) as pool:
+        return [t for part in pool.map(_chunk, jobs) for t in part]
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer (GPT-2's scheme) wrapped as a GPT2TokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GPT2TokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return GPT2TokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS,
+                             model_max_length=1024)
+
+
+def pack(token_lists, block: int, eos: int) -> np.ndarray:
+    """Greedy packing: each row holds whole stories, each after an EOS, closed by an EOS
+    and padded with -1 (stories longer than a row are dropped). Shape (rows, block), int32."""
+    seqs = [np.asarray(ids, dtype=np.int32) for ids in token_lists]
+    seqs = [x for x in seqs if len(x) + 2 <= block]
+    rows, cols, used = np.empty(len(seqs), np.int64), np.empty(len(seqs), np.int64), 0
+    row = 0
+    for i, x in enumerate(seqs):  # a story takes len+1 slots (its leading EOS); keep 1 for the closing EOS
+        need = len(x) + 1
+        if used + need + 1 > block:
+            row, used = row + 1, 0
+        rows[i], cols[i] = row, used
+        used += need
+    out = np.full((row + 1, block), -1, dtype=np.int32)
+    for i, x in enumerate(seqs):
+        r, c = rows[i], cols[i]
+        out[r, c] = eos
+        out[r, c + 1:c + 1 + len(x)] = x
+    ends = np.array([cols[i] + len(seqs[i]) + 1 for i in range(len(seqs))])
+    last = np.zeros(row + 1, dtype=np.int64)
+    np.maximum.at(last, rows, ends)
+    out[np.arange(row + 1), last] = eos
+    return out
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int, min_ratio: float = 0.1) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_loss(model, rows: torch.Tensor, amp: bool) -> torch.Tensor:
+    input_ids = rows.clamp(min=0)
+    labels = rows.long().masked_fill(rows < 0, -100)
+    mask = (rows >= 0).long()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        return model(input_ids=input_ids.long(), attention_mask=mask, labels=labels).loss
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="data/lab-gpt2")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stories", type=int, default=3_000_000, help="distinct pretraining stories")
+    p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--n-embd", type=int, default=192)
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-head", type=int, default=6)
+    p.add_argument("--n-positions", type=int, default=256)
+    p.add_argument("--steps", type=int, default=14_000)
+    p.add_argument("--batch-size", type=int, default=128, help="blocks of n_positions tokens per step")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) - 1))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (leave cores to others)")
+    p.add_argument("--log-every", type=int, default=500)
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="minutes of training: time the first 50 steps, then set --steps to fit")
+    args = p.parse_args(argv)
+
+    from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
+
+    t0 = time.time()
+    torch.manual_seed(args.seed)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    texts = generate_corpus(args.stories, args.seed, args.workers)
+    print(f"corpus: {len(texts)} stories, {sum(len(t.split()) for t in texts) / len(texts):.1f} words each "
+          f"({time.time() - t0:.0f}s)", flush=True)
+    tokenizer = train_tokenizer(texts[:200_000], args.vocab_size)
+    eos = tokenizer.eos_token_id
+    enc = tokenizer._tokenizer.encode_batch(texts, add_special_tokens=False)
+    blocks = pack([e.ids for e in enc], args.n_positions, eos)
+    del enc
+    n_tokens = int((blocks >= 0).sum())
+    print(f"tokenizer: {len(tokenizer)} tokens; data: {blocks.shape[0]} blocks, {n_tokens / 1e6:.1f}M tokens "
+          f"({time.time() - t0:.0f}s)", flush=True)
+    held = generate_corpus(2000, args.seed, 1, start=args.stories)  # never trained on
+    held_enc = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in held]
+    held_blocks = torch.from_numpy(pack(held_enc, args.n_positions, eos)).to(args.device)
+
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=args.n_positions, n_embd=args.n_embd,
+                        n_layer=args.n_layer, n_head=args.n_head, bos_token_id=eos, eos_token_id=eos,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True)
+    model = GPT2LMHeadModel(config).to(args.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.2f}M parameters", flush=True)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95), fused=args.device == "cuda")
+    amp = args.device == "cuda"
+    data = torch.from_numpy(blocks).to(args.device)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    model.train()
+    t_train, history = time.time(), []
+    step = 0
+    while step < args.steps:
+        if args.time_budget and step == 50:
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            rate = (time.time() - t_train) / 50
+            args.steps = max(args.warmup + 1, int(args.time_budget * 60 / rate))
+            print(f"time budget {args.time_budget} min at {1000 * rate:.1f} ms/step: --steps {args.steps}", flush=True)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
+        idx = torch.randint(0, data.shape[0], (args.batch_size,), device=args.device, generator=gen)
+        loss = batch_loss(model, data[idx], amp)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % args.log_every == 0 or step == args.steps - 1:
+            history.append((step, loss.item()))
+            print(f"step {step:6d}  loss {loss.item():.4f}  lr {opt.param_groups[0]['lr']:.2e}  "
+                  f"{time.time() - t_train:.0f}s", flush=True)
+        step += 1
+    train_s = time.time() - t_train
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.float()
+    model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+                                               do_sample=False, max_new_tokens=40)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.model_max_length = args.n_positions
+    tokenizer.save_pretrained(out)
+    model.eval()
+    with torch.no_grad():
+        losses = [batch_loss(model, held_blocks[i:i + 64], amp).item() for i in range(0, len(held_blocks), 64)]
+    held_loss = float(np.mean(losses))
+    from lora_lab.evaluate import evaluate_task  # noqa: E402
+    probe = evaluate_task(model, tokenizer, make_split("eval", 500, style="probe"), max_new_tokens=3)
+    task = evaluate_task(model, tokenizer, make_split("eval", 500), max_new_tokens=6)
+    metrics = {"final_train_loss": history[-1][1], "heldout_loss": held_loss, "params": n_params,
+               "tokens_seen": args.steps * args.batch_size * args.n_positions, "train_tokens": n_tokens,
+               "probe_first_word_match": probe.first_word_match, "task_exact_match_base": task.exact_match,
+               "task_first_word_match_base": task.first_word_match, "train_seconds": train_s,
+               "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+               "args": vars(args), "loss_history": history}
+    print(f"held-out loss {held_loss:.4f} (perplexity {math.exp(held_loss):.2f}); copying probe "
+          f"{100 * probe.first_word_match:.1f}%; task exact match before fine-tuning {100 * task.exact_match:.1f}% "
+          f"(first word right {100 * task.first_word_match:.1f}%)", flush=True)
+
+    (out / "build_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    print(f"final loss {history[-1][1]:.4f} (train), {held_loss:.4f} (held-out); saved to {out} "
+          f"in {time.time() - t0:.0f}s", flush=True)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
