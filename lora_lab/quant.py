@@ -16,6 +16,7 @@ in :mod:`lora_lab.quant_metrics`.
 from __future__ import annotations
 
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -305,11 +306,19 @@ def _word_table(code: tuple[float, ...]) -> Tensor:
     return quads.contiguous().view(torch.complex128).reshape(65536)
 
 
+def _decode_blocks(words: Tensor, table: Tensor, absmax: Tensor, blocksize: int, out: Tensor) -> None:
+    """out (fp32, 4·len(words)) = table[words] · absmax per block, for whole blocks only."""
+    torch.index_select(table, 0, words.int(), out=out.view(torch.complex128))  # 4 codes per word
+    out.view(-1, blocksize).mul_(absmax[:, None])                         # x̂ = code · absmax
+
+
 def dequantize_4bit(q: QuantizedTensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """x̂ = code[q] · absmax_block in float32, then cast to ``dtype`` (default: the original).
 
     Two packed bytes (four codes) are decoded at once through a 65536-entry table, so the
-    work is one gather per four values and one multiply per block.
+    work is one gather per four values and one multiply per block. Large tensors are split
+    into ranges of whole blocks decoded on torch's intra-op thread count (the gather is
+    single-threaded in torch).
 
     Returns:
         Tensor of ``q.shape``.
@@ -317,15 +326,27 @@ def dequantize_4bit(q: QuantizedTensor, *, dtype: torch.dtype | None = None) -> 
     if not isinstance(q, QuantizedTensor):
         raise ValueError(f"q must be a QuantizedTensor, got {type(q).__name__}")
     n, bs = q.numel, q.blocksize
-    if sys.byteorder == "little":
-        packed = q.packed if q.packed.numel() % 2 == 0 else torch.cat([q.packed, q.packed.new_zeros(1)])
-        words = packed.contiguous().view(torch.uint16).int()            # (bytes/2,)
-        values = torch.index_select(_word_table(tuple(q.code.tolist())), 0, words).view(torch.float32)
-    else:  # pragma: no cover - the word trick assumes little-endian bytes
-        values = q.code[unpack_codes(q)]
     absmax = q.absmax_float()
     nblocks = absmax.numel()
-    if values.numel() != nblocks * bs:
+    if sys.byteorder != "little":  # pragma: no cover - the word table assumes little-endian bytes
+        values = torch.nn.functional.pad(q.code[unpack_codes(q)], (0, nblocks * bs - n))
+        return (values.view(nblocks, bs) * absmax[:, None]).view(-1)[:n].to(dtype or q.dtype).reshape(q.shape)
+    table = _word_table(tuple(q.code.tolist()))
+    if n == nblocks * bs:                                               # whole blocks: no padding
+        words = q.packed.view(torch.uint16)                            # (n/4,), n is a multiple of 32
+        out = torch.empty(n, dtype=torch.float32)
+        k = min(torch.get_num_threads(), nblocks) if n >= 1 << 20 else 1
+        if k > 1:
+            bounds = [nblocks * i // k for i in range(k + 1)]
+            jobs = [(words[a * bs // 4: b * bs // 4], absmax[a:b], out[a * bs: b * bs])
+                    for a, b in zip(bounds[:-1], bounds[1:])]
+            with ThreadPoolExecutor(k) as pool:
+                list(pool.map(lambda j: _decode_blocks(j[0], table, j[1], bs, j[2]), jobs))
+        else:
+            _decode_blocks(words, table, absmax, bs, out)
+    else:                                                               # odd length / partial block
+        packed = q.packed if q.packed.numel() % 2 == 0 else torch.cat([q.packed, q.packed.new_zeros(1)])
+        values = torch.index_select(table, 0, packed.view(torch.uint16).int()).view(torch.float32)
         values = torch.nn.functional.pad(values[:n], (0, nblocks * bs - n))
-    out = values.view(nblocks, bs).mul_(absmax[:, None]).view(-1)[:n]  # x̂ = code · absmax
+        out = values.view(nblocks, bs).mul_(absmax[:, None]).view(-1)[:n]
     return out.to(dtype or q.dtype).reshape(q.shape)
