@@ -21,6 +21,7 @@ import random
 from dataclasses import dataclass
 from typing import Iterator
 
+from lora_lab.facts import Fact, questions
 from lora_lab.story_words import (ADJECTIVES, ANIMAL_DOINGS, ANIMALS, COLOURS, DO_VERBS, ENDINGS,
                                   FEELINGS, GET_VERBS, LINKERS, NAMES, OBJECTS, PLACES, TIMES,
                                   WEATHER)
@@ -39,26 +40,6 @@ def _at(place: str) -> str:
 
 
 @dataclass(frozen=True)
-class Fact:
-    """One thing a story states, in a form that questions and recalls are made from.
-
-    ``kind`` is "get" (agent found/made/... obj with colour at place), "do" (agent
-    hid/dropped/... obj, at place or None), "give" (agent gave obj to other), "feel"
-    (agent felt value) or "see" (agent saw the animal ``value`` at place).
-    ``verb`` is (base, past, participle) for "get" and "do".
-    """
-
-    kind: str
-    agent: str
-    verb: tuple[str, str, str] | None = None
-    obj: str | None = None
-    colour: str | None = None
-    place: str | None = None
-    other: str | None = None
-    value: str | None = None
-
-
-@dataclass(frozen=True)
 class Story:
     """A story: its sentences, the facts they state, and optional recall sentences.
 
@@ -69,6 +50,8 @@ class Story:
     sentences: tuple[str, ...]
     facts: tuple[Fact, ...]
     recalls: tuple[tuple[int, str], ...] = ()
+    characters: tuple[str, ...] = ()
+    fact_at: tuple[int, ...] = ()  # index of the sentence that states each fact
 
     def text(self, recalls: bool = False, *, rng: random.Random | None = None) -> str:
         """The story as one paragraph; with ``recalls`` the recall sentences are woven in
@@ -94,12 +77,14 @@ class _Builder:
         self.sentences: list[str] = []
         self.facts: list[Fact] = []
         self.recalls: list[tuple[int, str]] = []
+        self.fact_at: list[int] = []
 
     def say(self, sentence: str, fact: Fact | None = None, recalls: tuple[str, ...] = ()) -> None:
         self.sentences.append(sentence)
+        idx = len(self.sentences) - 1
         if fact is not None:
             self.facts.append(fact)
-        idx = len(self.sentences) - 1
+            self.fact_at.append(idx)
         self.recalls.extend((idx, r) for r in recalls)
 
     def pick(self, options):
@@ -248,7 +233,22 @@ def make_story(rng: random.Random) -> Story:
     if lonely and rng.random() < 0.5:
         _feel_sentence(b, rng.choice(lonely), rng.choice(FEELINGS))
     b.say(rng.choice(ENDINGS))
-    return Story(tuple(b.sentences), tuple(b.facts), tuple(b.recalls))
+    return Story(tuple(b.sentences), tuple(b.facts), tuple(b.recalls), tuple(chars), tuple(b.fact_at))
+
+
+def dialogues(story: Story, rng: random.Random) -> list[tuple[int, str]]:
+    """Each question the story's facts answer, asked and answered by its characters:
+    ``(after, '"Who found the ball?" asked Mia. "It was Tom," said Ben.')``."""
+    out = []
+    for q in questions(story.facts):
+        asker = rng.choice(story.characters)
+        teller = rng.choice([c for c in story.characters if c not in (asker, story.facts[q.fact].agent)]
+                            or [c for c in story.characters if c != asker])
+        line = rng.choice((f"\"{q.text}\" asked {asker}. \"{q.spoken},\" said {teller}.",
+                           f"{asker} asked, \"{q.text}\" {teller} said, \"{q.spoken}.\"",
+                           f"\"{q.text}\" {asker} wanted to know. \"{q.spoken},\" {teller} said."))
+        out.append((story.fact_at[q.fact], line))
+    return out
 
 
 def story_rng(index: int, seed: int = 0, stream: str = "pretrain") -> random.Random:
@@ -261,16 +261,19 @@ def story_rng(index: int, seed: int = 0, stream: str = "pretrain") -> random.Ran
 
 def pretraining_text(index: int, seed: int = 0, *, recall_prob: float = 0.85,
                      max_recalls: int = 4) -> str:
-    """Story ``index`` of the pretraining corpus, with 1..``max_recalls`` recall sentences
-    woven in with probability ``recall_prob`` (the copying practice)."""
+    """Story ``index`` of the pretraining corpus. With probability ``recall_prob`` it
+    gets 1..``max_recalls`` practice sentences woven in, each a recall sentence or a
+    dialogue question with its answer (half and half): the copying practice."""
     if not 0.0 <= recall_prob <= 1.0:
         raise ValueError(f"recall_prob must be in [0, 1], got {recall_prob!r}")
     rng = story_rng(index, seed, "pretrain")
     story = make_story(rng)
     if rng.random() >= recall_prob or not story.recalls:
         return story.text()
+    talk = dialogues(story, rng)
     k = rng.randint(1, min(max_recalls, len(story.recalls)))
-    chosen = tuple(sorted(rng.sample(story.recalls, k)))
+    chosen = [rng.choice(talk) if talk and rng.random() < 0.5 else rng.choice(story.recalls) for _ in range(k)]
+    chosen = tuple(sorted(set(chosen)))
     return Story(story.sentences, story.facts, chosen).text(recalls=True, rng=rng)
 
 

@@ -25,9 +25,8 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from lora_lab.stories import Fact, make_story, story_rng
-
-QUESTION_TYPES = ("who", "where", "colour", "what", "recipient", "giver", "feeling", "animal")
+from lora_lab.facts import QUESTION_TYPES, questions
+from lora_lab.stories import make_story, story_rng
 SPLITS = ("train", "eval")
 PROMPT_TEMPLATE = "{story}\nQuestion: {question}\nAnswer:"
 
@@ -47,41 +46,6 @@ class Example:
         return " " + self.answer
 
 
-def _a(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def _questions(facts: Sequence[Fact]) -> dict[str, list[tuple[str, str, str]]]:
-    """All unambiguous (question, recall prefix, answer) triples a story's facts allow,
-    by question type. The recall prefix is the pretraining-style sentence start that
-    the same answer completes ("The one who found the ball was" -> " Tom")."""
-    qs: dict[str, list[tuple[str, str, str]]] = {t: [] for t in QUESTION_TYPES}
-    gets = [f for f in facts if f.kind == "get"]
-    for f in facts:
-        if f.kind in ("get", "do"):
-            base, past, _ = f.verb
-            qs["who"].append((f"Who {past} the {f.obj}?", f"The one who {past} the {f.obj} was", f.agent))
-            if f.place is not None:
-                qs["where"].append((f"Where did {f.agent} {base} the {f.obj}?",
-                                    f"The place where {f.agent} {past} the {f.obj} was the", f.place))
-        if f.kind == "get":
-            qs["colour"].append((f"What colour was the {f.obj}?", f"The colour of the {f.obj} was", f.colour))
-            if sum(g.agent == f.agent and g.verb == f.verb for g in gets) == 1:
-                qs["what"].append((f"What did {f.agent} {f.verb[0]}?",
-                                   f"What {f.agent} {f.verb[1]} was {_a(f.obj)}", f.obj))
-        elif f.kind == "give":
-            qs["recipient"].append((f"Who did {f.agent} give the {f.obj} to?",
-                                    f"The one who got the {f.obj} was", f.other))
-            qs["giver"].append((f"Who gave the {f.obj} to {f.other}?",
-                                f"The one who gave the {f.obj} away was", f.agent))
-        elif f.kind == "feel":
-            qs["feeling"].append((f"How did {f.agent} feel?", f"{f.agent} was feeling", f.value))
-        elif f.kind == "see":
-            qs["animal"].append((f"What animal did {f.agent} see?",
-                                 f"The animal that {f.agent} saw was {_a(f.value)}", f.value))
-    return qs
-
-
 def make_example(index: int, split: str = "train", seed: int = 0, *, style: str = "task") -> Example:
     """Example ``index`` of a split: a fresh story, then a question type drawn uniformly
     among those the story allows, then one of that type's questions.
@@ -96,12 +60,12 @@ def make_example(index: int, split: str = "train", seed: int = 0, *, style: str 
         raise ValueError(f"style must be 'task' or 'probe', got {style!r}")
     rng = story_rng(index, seed, f"task-{split}")
     story = make_story(rng)
-    qs = _questions(story.facts)
-    qtype = rng.choice([t for t in QUESTION_TYPES if qs[t]])
-    question, recall, answer = rng.choice(qs[qtype])
+    qs = questions(story.facts)
+    qtype = rng.choice([t for t in QUESTION_TYPES if any(q.qtype == t for q in qs)])
+    q = rng.choice([q for q in qs if q.qtype == qtype])
     if style == "probe":
-        return Example(f"{story.text()} {recall}", answer, qtype, index)
-    return Example(PROMPT_TEMPLATE.format(story=story.text(), question=question), answer, qtype, index)
+        return Example(f"{story.text()} {q.recall}", q.answer, qtype, index)
+    return Example(PROMPT_TEMPLATE.format(story=story.text(), question=q.text), q.answer, qtype, index)
 
 
 def make_split(split: str, n: int, seed: int = 0, *, style: str = "task") -> list[Example]:

@@ -54,6 +54,31 @@ def generate_corpus(n: int, seed: int, workers: int, start: int = 0) -> list[str
         return [t for part in pool.map(_chunk, jobs) for t in part]
 
 
+def _encode_chunk(args):
+    start, n, seed, tokenizer_json = args
+    from tokenizers import Tokenizer
+
+    texts = [pretraining_text(i, seed) for i in range(start, start + n)]
+    enc = Tokenizer.from_str(tokenizer_json).encode_batch(texts, add_special_tokens=False)
+    lengths = np.fromiter((len(e.ids) for e in enc), dtype=np.int64, count=len(enc))
+    flat = np.fromiter((t for e in enc for t in e.ids), dtype=np.int32, count=int(lengths.sum()))
+    return flat, lengths, sum(len(t.split()) for t in texts)
+
+
+def encode_corpus(n: int, seed: int, tokenizer, workers: int, start: int = 0):
+    """Generate and tokenize stories start .. start+n-1: (flat token ids, lengths, words)."""
+    step = 20_000
+    jobs = [(s, min(step, start + n - s), seed, tokenizer._tokenizer.to_str())
+            for s in range(start, start + n, step)]
+    if workers <= 1:
+        parts = [_encode_chunk(j) for j in jobs]
+    else:
+        with Pool(workers) as pool:
+            parts = pool.map(_encode_chunk, jobs)
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            sum(p[2] for p in parts))
+
+
 def train_tokenizer(texts: list[str], vocab_size: int):
     """A byte-level BPE tokenizer (GPT-2's scheme) wrapped as a GPT2TokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -70,27 +95,29 @@ def train_tokenizer(texts: list[str], vocab_size: int):
                              model_max_length=1024)
 
 
-def pack(token_lists, block: int, eos: int) -> np.ndarray:
-    """Greedy packing: each row holds whole stories, each after an EOS, closed by an EOS
-    and padded with -1 (stories longer than a row are dropped). Shape (rows, block), int32."""
-    seqs = [np.asarray(ids, dtype=np.int32) for ids in token_lists]
-    seqs = [x for x in seqs if len(x) + 2 <= block]
-    rows, cols, used = np.empty(len(seqs), np.int64), np.empty(len(seqs), np.int64), 0
-    row = 0
-    for i, x in enumerate(seqs):  # a story takes len+1 slots (its leading EOS); keep 1 for the closing EOS
-        need = len(x) + 1
-        if used + need + 1 > block:
+def pack(flat: np.ndarray, lengths: np.ndarray, block: int, eos: int) -> np.ndarray:
+    """Greedy packing of stories (``flat`` = all token ids, ``lengths`` per story) into rows
+    of ``block`` tokens: each story after an EOS, each row closed by an EOS and padded
+    with -1; stories longer than a row are dropped. Returns (rows, block) int32."""
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    keep = lengths + 2 <= block
+    rows, cols = np.empty(len(lengths), np.int64), np.empty(len(lengths), np.int64)
+    row = used = 0
+    for i, (n, k) in enumerate(zip(lengths.tolist(), keep.tolist())):
+        if not k:
+            continue
+        if used + n + 2 > block:  # the story, its leading EOS, and the row's closing EOS
             row, used = row + 1, 0
         rows[i], cols[i] = row, used
-        used += need
+        used += n + 1
+    lengths, starts, rows, cols = lengths[keep], starts[keep], rows[keep], cols[keep]
     out = np.full((row + 1, block), -1, dtype=np.int32)
-    for i, x in enumerate(seqs):
-        r, c = rows[i], cols[i]
-        out[r, c] = eos
-        out[r, c + 1:c + 1 + len(x)] = x
-    ends = np.array([cols[i] + len(seqs[i]) + 1 for i in range(len(seqs))])
+    out[rows, cols] = eos
+    offset = np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    src = np.repeat(starts, lengths) + offset
+    out[np.repeat(rows, lengths), np.repeat(cols + 1, lengths) + offset] = flat[src]
     last = np.zeros(row + 1, dtype=np.int64)
-    np.maximum.at(last, rows, ends)
+    np.maximum.at(last, rows, cols + lengths + 1)
     out[np.arange(row + 1), last] = eos
     return out
 
@@ -120,7 +147,7 @@ def main(argv=None) -> dict:
     p.add_argument("--n-layer", type=int, default=4)
     p.add_argument("--n-head", type=int, default=6)
     p.add_argument("--n-positions", type=int, default=256)
-    p.add_argument("--steps", type=int, default=14_000)
+    p.add_argument("--steps", type=int, default=12_000)
     p.add_argument("--batch-size", type=int, default=128, help="blocks of n_positions tokens per step")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=300)
@@ -138,20 +165,17 @@ def main(argv=None) -> dict:
     torch.manual_seed(args.seed)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
-    texts = generate_corpus(args.stories, args.seed, args.workers)
-    print(f"corpus: {len(texts)} stories, {sum(len(t.split()) for t in texts) / len(texts):.1f} words each "
-          f"({time.time() - t0:.0f}s)", flush=True)
-    tokenizer = train_tokenizer(texts[:200_000], args.vocab_size)
+    tokenizer = train_tokenizer(generate_corpus(min(args.stories, 200_000), args.seed, args.workers),
+                                args.vocab_size)
     eos = tokenizer.eos_token_id
-    enc = tokenizer._tokenizer.encode_batch(texts, add_special_tokens=False)
-    blocks = pack([e.ids for e in enc], args.n_positions, eos)
-    del enc
+    flat, lengths, words = encode_corpus(args.stories, args.seed, tokenizer, args.workers)
+    blocks = pack(flat, lengths, args.n_positions, eos)
     n_tokens = int((blocks >= 0).sum())
-    print(f"tokenizer: {len(tokenizer)} tokens; data: {blocks.shape[0]} blocks, {n_tokens / 1e6:.1f}M tokens "
+    print(f"corpus: {len(lengths)} stories, {words / len(lengths):.1f} words each; tokenizer: "
+          f"{len(tokenizer)} tokens; data: {blocks.shape[0]} blocks, {n_tokens / 1e6:.1f}M tokens "
           f"({time.time() - t0:.0f}s)", flush=True)
-    held = generate_corpus(2000, args.seed, 1, start=args.stories)  # never trained on
-    held_enc = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in held]
-    held_blocks = torch.from_numpy(pack(held_enc, args.n_positions, eos)).to(args.device)
+    held = encode_corpus(2000, args.seed, tokenizer, 1, start=args.stories)  # never trained on
+    held_blocks = torch.from_numpy(pack(held[0], held[1], args.n_positions, eos)).to(args.device)
 
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=args.n_positions, n_embd=args.n_embd,
                         n_layer=args.n_layer, n_head=args.n_head, bos_token_id=eos, eos_token_id=eos,
