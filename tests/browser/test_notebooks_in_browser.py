@@ -14,8 +14,10 @@ outputs, move each control of each explorer. For each notebook in ``notebooks/``
 3. moves every control through the UI (slider: keyboard on its handle; checkbox: click;
    dropdown: select another option; toggle buttons / radio: click another option;
    number box: arrow key + Enter), waits until the kernel has handled every message the
-   move sent, and asserts that the control's value, the readout text and the plot image
-   (the PNG's base64 data) all changed;
+   move sent (no fixed sleeps), and asserts that the control's value, the readout text and
+   the plot image (the PNG's base64 data) all changed. When a first move may legitimately
+   leave the figures as they were (two optimizers with the same state size), it tries
+   another option or a bigger step, at most ``MAX_ATTEMPTS`` moves;
 4. saves screenshots into ``artifacts/browser/``: the whole notebook
    (``NN_name.png``, split into parts if very long) and each explorer after its last move
    (``NN_name__explorerK.png``), plus ``report.json`` with timings and what was moved.
