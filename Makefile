@@ -9,6 +9,8 @@ TORCH  ?= torch==2.13.0
 PORT   ?= 8888
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# JupyterLab refuses to run as root (containers, cloud VMs) unless told it may.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: lab lab-headless test unit notebooks demo bench clean-venv
 
@@ -20,11 +22,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab notebooks/00_welcome.ipynb
+	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/00_welcome.ipynb
 
 # For a remote or classroom server: no browser, fixed port, all interfaces.
 lab-headless: $(STAMP)
-	$(BIN)/jupyter lab --no-browser --ip=0.0.0.0 --port=$(PORT) notebooks/00_welcome.ipynb
+	$(BIN)/jupyter lab $(LAB_FLAGS) --no-browser --ip=0.0.0.0 --port=$(PORT) notebooks/00_welcome.ipynb
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --nbval --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
