@@ -19,20 +19,12 @@ EX4_SETUP = dict(model="llama-2-7b", recipe="qlora", batch_size=8, seq_len=2048,
                  gradient_checkpointing=False)
 
 
-def _missing(answer, hint):
-    if answer is None or answer is Ellipsis:
-        return ExerciseResult(False, f"replace None with your answer. {hint}")
-    return None
-
-
 def check_exercise_adapter_bytes(answer) -> ExerciseResult:
     """Ex. 1: bytes of weights + gradients + AdamW state for LoRA r=16 on one 4096×4096 matrix."""
     params = EX1_R * (EX1_D + EX1_D)
     expected = params * bytes_per_trainable_param("fp32", "adamw", master_weights=False)
     hint = ("Count A and B: r·(in + out) numbers. Each fp32 adapter weight needs 4 bytes, its "
             "gradient 4, and AdamW two 4-byte moments.")
-    if (missing := _missing(answer, hint)) is not None:
-        return missing
     return check_number(
         answer, expected, rel_tol=0.01, hint=hint,
         explain=f"{params:,} parameters × 16 bytes = {expected:,} bytes (about {expected / 1e6:.1f} MB).")
@@ -44,8 +36,6 @@ def check_exercise_nf4_base(answer) -> ExerciseResult:
     expected = (b.components["quantized base"] + b.components["unquantized base"]) / 1e9
     hint = ("Linear weights: n·4.127/8 bytes (NF4 codes + double-quantized absmax); embeddings, "
             "norms and the output head stay 16-bit (2 bytes each). Use shapes.model_shape('llama-2-13b').")
-    if (missing := _missing(answer, hint)) is not None:
-        return missing
     return check_number(
         answer, expected, rel_tol=0.02, hint=hint,
         explain=f"{expected:.2f} GB: the quantized linears plus about "
@@ -57,8 +47,6 @@ def check_exercise_packed_numel(answer) -> ExerciseResult:
     expected = EX3_D * EX3_D // 2
     hint = ("bitsandbytes stores two 4-bit codes in each uint8 element of a (n/2, 1) tensor, and "
             "numel() counts those bytes, not the weights.")
-    if (missing := _missing(answer, hint)) is not None:
-        return missing
     return check_number(
         answer, expected, rel_tol=0.0, abs_tol=0.5, hint=hint,
         explain=f"{expected:,}: half the {EX3_D * EX3_D:,} weights, which is why 4-bit models "
@@ -74,8 +62,6 @@ def check_exercise_largest_component(answer) -> ExerciseResult:
     expected = max(b.components, key=b.components.get)
     hint = ("Compare the frozen 4-bit base (~3.9 GB) with what grows with batch × sequence: "
             "tokens × layers × (tens of bytes × width). Try training_memory(...).components.")
-    if (missing := _missing(answer, hint)) is not None:
-        return missing
     return check_choice(
         answer, expected, allowed=COMPONENTS, hint=hint,
         explain=f"{expected}: {b.components[expected] / 1e9:.0f} GB of the {b.gb():.0f} GB total. "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lora_lab.exercises import ExerciseResult, check_choice, check_number
+from lora_lab.exercises import ExerciseResult, check_choice, check_number, is_placeholder
 from lora_lab.quant import bits_per_param, nf4_codebook
 
 # Ex. 1: storage of blocksize-128 NF4 with double quantization (bits per parameter).
@@ -19,24 +19,14 @@ EX4_OPTIONS = ("W", "lora_A", "lora_B", "optimizer state", "gradients")
 EX5_OPTIONS = ("pages to disk", "pages to GPU", "falls back to ordinary memory", "raises an error")
 
 
-def _missing(answer) -> bool:
-    return answer is None or answer is Ellipsis
-
-
 def check_exercise_bits_per_param(answer) -> ExerciseResult:
     """Ex. 1: bits/param of NF4 with blocksize 128 and double quantization."""
     expected = bits_per_param(EX1_BLOCKSIZE, double_quant=True)
     hint = ("4 bits per weight, plus each block's absmax spread over its 128 weights: with double "
             "quantization that absmax is 8 bits, and every 256 absmax values share one fp32 scale.")
-    if _missing(answer):
-        return ExerciseResult(False, f"replace None with your number. {hint}")
-    try:
-        value = float(answer)
-    except (TypeError, ValueError):
-        return ExerciseResult(False, f"expected a number, got {answer!r}. {hint}")
-    if abs(value - bits_per_param(EX1_BLOCKSIZE)) < 1e-3:
-        return ExerciseResult(False, "that is without double quantization (an fp32 absmax per block). " + hint)
-    return check_number(value, expected, rel_tol=1e-4, hint=hint,
+    mistakes = ((bits_per_param(EX1_BLOCKSIZE), "that is without double quantization (an fp32 absmax "
+                                                "per block)."),)
+    return check_number(answer, expected, rel_tol=1e-4, hint=hint, mistakes=mistakes,
                         explain=f"4 + 8/128 + 32/(128·256) = {expected:.4f} bits per parameter.")
 
 
@@ -44,15 +34,8 @@ def check_exercise_7b_size(answer) -> ExerciseResult:
     """Ex. 2: GB (1e9 bytes) for 7e9 weights in NF4, blocksize 64, double quantization."""
     expected = EX2_PARAMS * bits_per_param(64, double_quant=True) / 8 / 1e9
     hint = "multiply the parameter count by bits/param (≈4.127), divide by 8 for bytes and by 1e9 for GB."
-    if _missing(answer):
-        return ExerciseResult(False, f"replace None with your number. {hint}")
-    try:
-        value = float(answer)
-    except (TypeError, ValueError):
-        return ExerciseResult(False, f"expected a number, got {answer!r}. {hint}")
-    if abs(value - EX2_PARAMS * 4 / 8 / 1e9) < 0.01:
-        return ExerciseResult(False, "3.5 GB counts only the 4-bit codes; the block scales add to it. " + hint)
-    return check_number(value, expected, rel_tol=0.01, hint=hint,
+    mistakes = ((EX2_PARAMS * 4 / 8 / 1e9, "3.5 GB counts only the 4-bit codes; the block scales add to it."),)
+    return check_number(answer, expected, rel_tol=0.01, hint=hint, mistakes=mistakes,
                         explain=f"7e9 × 4.127 / 8 ≈ {expected:.2f} GB (16-bit would be 14 GB).")
 
 
@@ -63,7 +46,7 @@ def check_exercise_nf4_index(answer) -> ExerciseResult:
     expected = int((code - scaled).abs().argmin())
     hint = (f"first divide by the block's absmax ({EX3_VALUE} / {EX3_ABSMAX}), then find the nearest "
             "value in nf4_codebook() and give its position (0 = -1.0, 15 = 1.0).")
-    if _missing(answer):
+    if is_placeholder(answer):
         return ExerciseResult(False, f"replace None with an index 0..15. {hint}")
     if isinstance(answer, bool) or not isinstance(answer, (int, torch.Tensor)) or not 0 <= int(answer) <= 15:
         return ExerciseResult(False, f"expected an integer index 0..15, got {answer!r}. {hint}")
