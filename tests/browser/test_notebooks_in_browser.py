@@ -25,7 +25,7 @@ outputs, move each control of each explorer. For each notebook in ``notebooks/``
 New chapters are covered without editing this file: notebooks and explorers are
 discovered. Which cells run: every cell up to and including the last explorer cell
 (widgets may depend on any of them); after that, cells keep running while the notebook has
-used less than ``LORA_LAB_BROWSER_BUDGET_S`` seconds (default 90), and a tail cell still
+used less than ``LORA_LAB_BROWSER_BUDGET_S`` seconds (default 60), and a tail cell still
 running when the budget ends is interrupted. On 2 idle cores every notebook of 00–04 runs
 whole well within the budget; a long tail (a training run) is left to nbval, which
 re-executes every cell of every notebook in the same ``make test``. Cells left out are
@@ -50,7 +50,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "browser"  # git-ignored
 NOTEBOOKS = sorted(p for p in (REPO / "notebooks").glob("*.ipynb") if not p.name.startswith("."))
-BUDGET_S = float(os.environ.get("LORA_LAB_BROWSER_BUDGET_S", "90"))
+BUDGET_S = float(os.environ.get("LORA_LAB_BROWSER_BUDGET_S", "60"))
 RUN_ALL = os.environ.get("LORA_LAB_BROWSER_CELLS", "").strip().lower() == "all"
 CELL_TIMEOUT_S = float(os.environ.get("LORA_LAB_BROWSER_CELL_TIMEOUT_S", "600"))
 SETTLE_TIMEOUT_S = 120      # kernel must handle a control's messages within this
