@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from lora_lab.task import Example, exact_match, first_word_match
+from lora_lab.task import Example, exact_match, leading_match
 
 
 def _device_of(model) -> torch.device:
@@ -64,10 +64,10 @@ def generate(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 
 
 @dataclass(frozen=True)
 class TaskScore:
-    """Exact match and first-word match on a list of examples, plus the generations."""
+    """Exact match and leading match (answer first, any format) on examples, plus the generations."""
 
     exact_match: float
-    first_word_match: float
+    leading_match: float
     predictions: tuple[str, ...]
 
     @property
@@ -82,7 +82,7 @@ def evaluate_task(model, tokenizer, examples: Sequence[Example], *, max_new_toke
     preds = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens=max_new_tokens,
                      batch_size=batch_size)
     answers = [e.answer for e in examples]
-    return TaskScore(exact_match(preds, answers), first_word_match(preds, answers), tuple(preds))
+    return TaskScore(exact_match(preds, answers), leading_match(preds, answers), tuple(preds))
 
 
 @torch.no_grad()

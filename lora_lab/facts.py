@@ -51,7 +51,9 @@ class Question:
 
     ``text``: "Who found the ball?"; ``recall``: the corpus's sentence start that the
     answer completes ("The one who found the ball was"); ``spoken``: a character's
-    reply in dialogue ("It was Tom"); ``answer``: "Tom". ``fact`` indexes the facts.
+    reply in dialogue ("It was Tom"); ``answer``: "Tom" -- a name, colour or feeling
+    alone, a place or thing with its article ("the park", "a ball", "an owl").
+    ``fact`` indexes the facts.
     """
 
     qtype: str
@@ -75,15 +77,15 @@ def questions(facts: Sequence[Fact]) -> list[Question]:
             if f.place is not None:
                 at = "To" if base == "carry" else PLACES[f.place].capitalize()
                 out.append(Question("where", i, f"Where did {f.agent} {base} the {f.obj}?",
-                                    f"The place where {f.agent} {past} the {f.obj} was the",
-                                    f"{at} the {f.place}", f.place))
+                                    f"The place where {f.agent} {past} the {f.obj} was",
+                                    f"{at} the {f.place}", f"the {f.place}"))
         if f.kind == "get":
             out.append(Question("colour", i, f"What colour was the {f.obj}?", f"The colour of the {f.obj} was",
                                 f"It was {f.colour}", f.colour))
             if sum(g.agent == f.agent and g.verb == f.verb for g in gets) == 1:
                 out.append(Question("what", i, f"What did {f.agent} {f.verb[0]}?",
-                                    f"What {f.agent} {f.verb[1]} was {article(f.obj)}",
-                                    f"{article(f.obj).capitalize()} {f.obj}", f.obj))
+                                    f"What {f.agent} {f.verb[1]} was",
+                                    f"{article(f.obj).capitalize()} {f.obj}", f"{article(f.obj)} {f.obj}"))
         elif f.kind == "give":
             out.append(Question("recipient", i, f"Who did {f.agent} give the {f.obj} to?",
                                 f"The one who got the {f.obj} was", f"To {f.other}", f.other))
@@ -94,6 +96,6 @@ def questions(facts: Sequence[Fact]) -> list[Question]:
                                 f"{f.agent} felt {f.value}", f.value))
         elif f.kind == "see":
             out.append(Question("animal", i, f"What animal did {f.agent} see?",
-                                f"The animal that {f.agent} saw was {article(f.value)}",
-                                f"{article(f.value).capitalize()} {f.value}", f.value))
+                                f"The animal that {f.agent} saw was",
+                                f"{article(f.value).capitalize()} {f.value}", f"{article(f.value)} {f.value}"))
     return out

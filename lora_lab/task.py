@@ -8,11 +8,13 @@ followed by a question about one of its facts and a one-word answer::
     Answer: Tom<|endoftext|>
 
 The pretraining corpus holds no "Question:"/"Answer:" lines, no line breaks and no
-story that stops after a single word, so the base model scores close to 0% exact match.
-What the base *can* do is copy the right entity out of a story ("The one who found the
-ball was Tom."): LoRA only has to connect the new format to that skill. The answer
-always depends on the story: 8 question types over 100+ names, 70+ objects, 40+ places,
-13 colours, 22 feelings and 40 animals.
+text that stops right after a short answer, so the base model scores close to 0% exact
+match. What the base *can* do is read a story and copy the right entity out of it
+("The one who found the ball was Tom.", '"Who found the ball?" asked Mia. "It was Tom,"
+said Ben.'): LoRA only has to connect the new format to that skill. The answer always
+depends on the story: 8 question types over 100+ names, 70+ objects, 40+ places, 13
+colours, 22 feelings and 40 animals. Answers are a name, colour or feeling alone, or a
+place or thing with its article ("the park", "a ball").
 
 The split is deterministic: training stories come from the stream "task-train",
 held-out stories from "task-eval" (:func:`lora_lab.stories.story_rng`), so no held-out
@@ -27,6 +29,7 @@ from typing import Sequence
 
 from lora_lab.facts import QUESTION_TYPES, questions
 from lora_lab.stories import make_story, story_rng
+
 SPLITS = ("train", "eval")
 PROMPT_TEMPLATE = "{story}\nQuestion: {question}\nAnswer:"
 
@@ -94,15 +97,21 @@ def exact_match(predictions: Sequence[str], answers: Sequence[str]) -> float:
     return hits / len(answers)
 
 
-def first_word_match(predictions: Sequence[str], answers: Sequence[str]) -> float:
-    """Fraction whose first generated word is the answer (punctuation stripped): did the
-    model *know* the answer, whatever the format? Always >= :func:`exact_match`."""
+def leading_match(predictions: Sequence[str], answers: Sequence[str]) -> float:
+    """Fraction of generations that *start* with the answer's words (punctuation ignored),
+    whatever follows: did the model know the answer, in any format? Always >=
+    :func:`exact_match`."""
     if len(predictions) != len(answers) or not answers:
         raise ValueError("predictions and answers must be non-empty and of equal length")
-    def first(p: str) -> str:
-        words = p.split()
-        return words[0].strip(".,!?\"'") if words else ""
-    return sum(first(p) == a.strip() for p, a in zip(predictions, answers)) / len(answers)
+
+    def words(text: str) -> list[str]:
+        return [w.strip(".,!?\"'") for w in text.split()]
+
+    hits = 0
+    for p, a in zip(predictions, answers):
+        want = words(a)
+        hits += words(p)[:len(want)] == want
+    return hits / len(answers)
 
 
 def shuffled(examples: Sequence[Example], seed: int) -> list[Example]:

@@ -10,10 +10,11 @@ Steps, all seeded:
   3. pack stories into blocks of n_positions tokens, each story after an <|endoftext|>;
   4. pretrain a GPT2LMHeadModel (AdamW, warm-up + cosine decay, grad clipping; bf16 autocast
      on CUDA, which is used when available);
-  5. measure held-out loss, the copying skill (probe accuracy) and the task's exact match
-     before any fine-tuning (it must be low: the task's format is new);
-  6. save model + tokenizer + generation config in Hugging Face format, and a model card.
-The script prints the final loss.
+  5. save model + tokenizer + generation config in Hugging Face format;
+  6. measure held-out loss, the copying skill (probe accuracy) and the task's exact match
+     before any fine-tuning (it must be low: the task's format is new), into build_metrics.json.
+The script prints the final loss. `--eval-only` repeats step 6 on the saved model.
+The model card (README.md) is written by hand from build_metrics.json.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def lr_at(step: int, steps: int, lr: float, warmup: int, min_ratio: float = 0.1)
 
 
 def batch_loss(model, rows: torch.Tensor, amp: bool) -> torch.Tensor:
+    """Mean next-token loss of packed rows (-1 = padding, masked out)."""
     input_ids = rows.clamp(min=0)
     labels = rows.long().masked_fill(rows < 0, -100)
     mask = (rows >= 0).long()
@@ -137,34 +139,12 @@ def batch_loss(model, rows: torch.Tensor, amp: bool) -> torch.Tensor:
         return model(input_ids=input_ids.long(), attention_mask=mask, labels=labels).loss
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", default="data/lab-gpt2")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stories", type=int, default=3_000_000, help="distinct pretraining stories")
-    p.add_argument("--vocab-size", type=int, default=2048)
-    p.add_argument("--n-embd", type=int, default=192)
-    p.add_argument("--n-layer", type=int, default=4)
-    p.add_argument("--n-head", type=int, default=6)
-    p.add_argument("--n-positions", type=int, default=256)
-    p.add_argument("--steps", type=int, default=12_000)
-    p.add_argument("--batch-size", type=int, default=128, help="blocks of n_positions tokens per step")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=300)
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) - 1))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (leave cores to others)")
-    p.add_argument("--log-every", type=int, default=500)
-    p.add_argument("--time-budget", type=float, default=None,
-                   help="minutes of training: time the first 50 steps, then set --steps to fit")
-    args = p.parse_args(argv)
-
+def pretrain(args) -> dict:
+    """Steps 1-4 and 6: corpus, tokenizer, packing, pretraining; saves to ``args.out``."""
     from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
     t0 = time.time()
     torch.manual_seed(args.seed)
-    if args.device == "cpu":
-        torch.set_num_threads(args.threads)
     tokenizer = train_tokenizer(generate_corpus(min(args.stories, 200_000), args.seed, args.workers),
                                 args.vocab_size)
     eos = tokenizer.eos_token_id
@@ -174,8 +154,6 @@ def main(argv=None) -> dict:
     print(f"corpus: {len(lengths)} stories, {words / len(lengths):.1f} words each; tokenizer: "
           f"{len(tokenizer)} tokens; data: {blocks.shape[0]} blocks, {n_tokens / 1e6:.1f}M tokens "
           f"({time.time() - t0:.0f}s)", flush=True)
-    held = encode_corpus(2000, args.seed, tokenizer, 1, start=args.stories)  # never trained on
-    held_blocks = torch.from_numpy(pack(held[0], held[1], args.n_positions, eos)).to(args.device)
 
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=args.n_positions, n_embd=args.n_embd,
                         n_layer=args.n_layer, n_head=args.n_head, bos_token_id=eos, eos_token_id=eos,
@@ -192,14 +170,7 @@ def main(argv=None) -> dict:
     gen = torch.Generator(device=args.device).manual_seed(args.seed)
     model.train()
     t_train, history = time.time(), []
-    step = 0
-    while step < args.steps:
-        if args.time_budget and step == 50:
-            if args.device == "cuda":
-                torch.cuda.synchronize()
-            rate = (time.time() - t_train) / 50
-            args.steps = max(args.warmup + 1, int(args.time_budget * 60 / rate))
-            print(f"time budget {args.time_budget} min at {1000 * rate:.1f} ms/step: --steps {args.steps}", flush=True)
+    for step in range(args.steps):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, args.lr, args.warmup)
         idx = torch.randint(0, data.shape[0], (args.batch_size,), device=args.device, generator=gen)
@@ -212,37 +183,78 @@ def main(argv=None) -> dict:
             history.append((step, loss.item()))
             print(f"step {step:6d}  loss {loss.item():.4f}  lr {opt.param_groups[0]['lr']:.2e}  "
                   f"{time.time() - t_train:.0f}s", flush=True)
-        step += 1
-    train_s = time.time() - t_train
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = model.float()
+    model = model.float().eval()
     model.generation_config = GenerationConfig(bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
                                                do_sample=False, max_new_tokens=40)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.model_max_length = args.n_positions
     tokenizer.save_pretrained(out)
-    model.eval()
-    with torch.no_grad():
-        losses = [batch_loss(model, held_blocks[i:i + 64], amp).item() for i in range(0, len(held_blocks), 64)]
-    held_loss = float(np.mean(losses))
-    from lora_lab.evaluate import evaluate_task  # noqa: E402
-    probe = evaluate_task(model, tokenizer, make_split("eval", 500, style="probe"), max_new_tokens=3)
-    task = evaluate_task(model, tokenizer, make_split("eval", 500), max_new_tokens=6)
-    metrics = {"final_train_loss": history[-1][1], "heldout_loss": held_loss, "params": n_params,
-               "tokens_seen": args.steps * args.batch_size * args.n_positions, "train_tokens": n_tokens,
-               "probe_first_word_match": probe.first_word_match, "task_exact_match_base": task.exact_match,
-               "task_first_word_match_base": task.first_word_match, "train_seconds": train_s,
-               "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-               "args": vars(args), "loss_history": history}
-    print(f"held-out loss {held_loss:.4f} (perplexity {math.exp(held_loss):.2f}); copying probe "
-          f"{100 * probe.first_word_match:.1f}%; task exact match before fine-tuning {100 * task.exact_match:.1f}% "
-          f"(first word right {100 * task.first_word_match:.1f}%)", flush=True)
+    return {"final_train_loss": history[-1][1], "params": n_params, "train_tokens": n_tokens,
+            "tokens_seen": args.steps * args.batch_size * args.n_positions,
+            "train_seconds": time.time() - t_train, "build_seconds": time.time() - t0,
+            "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+            "args": {k: v for k, v in vars(args).items() if k != "eval_only"}, "loss_history": history}
 
-    (out / "build_metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    print(f"final loss {history[-1][1]:.4f} (train), {held_loss:.4f} (held-out); saved to {out} "
-          f"in {time.time() - t0:.0f}s", flush=True)
+
+def measure(args) -> dict:
+    """Step 5 on the saved model: held-out loss, the copying probe, the task before fine-tuning."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lora_lab.evaluate import evaluate_task
+
+    model = AutoModelForCausalLM.from_pretrained(args.out).to(args.device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.out)
+    eos = tokenizer.eos_token_id
+    held = encode_corpus(2000, args.seed, tokenizer, 1, start=args.stories)  # never trained on
+    held_blocks = torch.from_numpy(pack(held[0], held[1], args.n_positions, eos)).to(args.device)
+    with torch.no_grad():
+        losses = [batch_loss(model, held_blocks[i:i + 64], False).item() for i in range(0, len(held_blocks), 64)]
+    probe = evaluate_task(model, tokenizer, make_split("eval", 500, style="probe"), max_new_tokens=4)
+    task = evaluate_task(model, tokenizer, make_split("eval", 500), max_new_tokens=6)
+    return {"heldout_loss": float(np.mean(losses)), "probe_leading_match": probe.leading_match,
+            "task_exact_match_base": task.exact_match, "task_leading_match_base": task.leading_match}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="data/lab-gpt2")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stories", type=int, default=3_000_000, help="distinct pretraining stories")
+    p.add_argument("--vocab-size", type=int, default=2048, help="upper bound; the corpus needs ~1470")
+    p.add_argument("--n-embd", type=int, default=192)
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-head", type=int, default=6)
+    p.add_argument("--n-positions", type=int, default=256)
+    p.add_argument("--steps", type=int, default=12_000)
+    p.add_argument("--batch-size", type=int, default=128, help="blocks of n_positions tokens per step")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1) - 1))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (leave cores to others)")
+    p.add_argument("--log-every", type=int, default=500)
+    p.add_argument("--eval-only", action="store_true", help="only re-measure the model saved in --out")
+    args = p.parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    metrics_path = Path(args.out) / "build_metrics.json"
+    if args.eval_only:
+        metrics = json.loads(metrics_path.read_text())
+        args = argparse.Namespace(**{**vars(args), **{k: v for k, v in metrics["args"].items()
+                                                      if k in ("stories", "seed", "n_positions")}})
+    else:
+        metrics = pretrain(args)
+    metrics.update(measure(args))
+    metrics_path.write_text(json.dumps(metrics, indent=1) + "\n")
+    print(f"held-out loss {metrics['heldout_loss']:.4f} (perplexity {math.exp(metrics['heldout_loss']):.2f}); "
+          f"copying probe {100 * metrics['probe_leading_match']:.1f}%; task exact match before fine-tuning "
+          f"{100 * metrics['task_exact_match_base']:.1f}% (answer first: "
+          f"{100 * metrics['task_leading_match_base']:.1f}%)", flush=True)
+    print(f"final loss {metrics['final_train_loss']:.4f} (train), {metrics['heldout_loss']:.4f} (held-out); "
+          f"model in {args.out}", flush=True)
     return metrics
 
 
