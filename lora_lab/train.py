@@ -277,7 +277,7 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig = T
             result.losses.append(loss.item())
             result.lrs.append(lr)
             bar.update(1)
-            bar.set_postfix(loss=f"{result.losses[-1]:.3f}")
+            bar.set_postfix(loss=f"{result.losses[-1]:.3f}", refresh=False)
             if eval_fn is not None and config.eval_every and result.step % config.eval_every == 0 \
                     and result.step < config.steps:
                 result.evals.append((result.step, eval_fn(model)))

@@ -1,0 +1,152 @@
+"""``python -m lora_lab qlora``: the whole QLoRA recipe, headless.
+
+    python -m lora_lab qlora                           # shipped model, NF4 + DQ, r=8, 150 steps
+    python -m lora_lab qlora --model gpt2 --steps 300  # the real GPT-2 (needs internet once)
+    python -m lora_lab qlora --out runs/a --resume     # continue an interrupted run
+
+Prints the task metric before and after, the trainable parameters, predicted and
+measured training memory, and the wall time; saves the adapter in PEFT's format to
+``OUT/adapter`` and every figure to ``OUT/metrics.json``. Ctrl-C stops after the
+current step and writes a checkpoint; ``--resume`` continues from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from lora_lab.fileio import atomic_write_text
+
+EXIT_INTERRUPTED = 130
+
+
+def _targets(text: str):
+    return "all-linear" if text == "all-linear" else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lora_lab", description="lora_lab command line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("qlora", help="fine-tune with (Q)LoRA on the story question task",
+                       description=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.add_argument("--model", default="data/lab-gpt2", help="data/lab-gpt2 (shipped), gpt2 (Hub) or a folder")
+    q.add_argument("--method", default="qlora", choices=("qlora", "lora", "full"))
+    q.add_argument("--quantization", default="nf4", choices=("nf4", "fp4"))
+    q.add_argument("--no-double-quant", dest="double_quant", action="store_false")
+    q.add_argument("--backend", default="bitsandbytes", choices=("bitsandbytes", "lora_lab"))
+    q.add_argument("--r", type=int, default=8)
+    q.add_argument("--lora-alpha", type=float, default=16)
+    q.add_argument("--lora-dropout", type=float, default=0.0)
+    q.add_argument("--target-modules", default="all-linear", help="all-linear or a comma list, e.g. c_attn,c_proj")
+    q.add_argument("--steps", type=int, default=150)
+    q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--lr", type=float, default=5e-3)
+    q.add_argument("--warmup-steps", type=int, default=10)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--train-examples", type=int, default=4000)
+    q.add_argument("--eval-examples", type=int, default=200)
+    q.add_argument("--eval-every", type=int, default=0, help="held-out evaluation every N steps (0: end only)")
+    q.add_argument("--checkpoint-every", type=int, default=25)
+    q.add_argument("--gradient-checkpointing", action="store_true")
+    q.add_argument("--optimizer", default="adamw", choices=("adamw", "paged_adamw_32bit", "paged_adamw_8bit"))
+    q.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    q.add_argument("--out", default="runs/qlora", help="folder for checkpoint, adapter and metrics.json")
+    q.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    q.add_argument("--no-progress", dest="progress", action="store_false")
+    return parser
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def run_qlora(args, out=print) -> int:
+    """Run the recipe described by parsed ``args``; returns the process exit code."""
+    from lora_lab.evaluate import evaluate_task
+    from lora_lab.lora import LoraConfig, save_adapter, trainable_report
+    from lora_lab.models import load_tokenizer, model_bytes
+    from lora_lab.recipe import memory_report, prepare_model
+    from lora_lab.task import make_split
+    from lora_lab.train import TrainConfig, encode_examples, train
+
+    t0 = time.time()
+    lora_config = None if args.method == "full" else LoraConfig(
+        r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        target_modules=_targets(args.target_modules))
+    train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                               warmup_steps=args.warmup_steps, eval_every=args.eval_every,
+                               checkpoint_every=args.checkpoint_every, seed=args.seed,
+                               gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer)
+    for name in ("train_examples", "eval_examples"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    tokenizer = load_tokenizer(args.model)
+    model = prepare_model(args.model, args.method, lora_config=lora_config, quantization=args.quantization,
+                          double_quant=args.double_quant, backend=args.backend, device=args.device,
+                          seed=args.seed)
+    device = next(model.parameters()).device
+    quant = (f"{args.quantization.upper()}{' + double quant' if args.double_quant else ''} via {args.backend}"
+             if args.method == "qlora" else "not quantized")
+    out(f"model: {args.model} on {device.type}, {quant}; weights in memory {_mb(model_bytes(model))}")
+    train_set = make_split("train", args.train_examples, seed=args.seed)
+    eval_set = make_split("eval", args.eval_examples)
+
+    def score(m) -> float:
+        return evaluate_task(m, tokenizer, eval_set).exact_match
+
+    before = score(model)  # B = 0 at the start: this is the base model's score
+    out(f"exact match before fine-tuning: {100 * before:.1f}% on {len(eval_set)} held-out questions")
+    out(trainable_report(model))
+    seq_len = max(len(x) for x, _ in encode_examples(tokenizer, train_set[:256]))
+    mem = memory_report(model, args.method, batch_size=args.batch_size, seq_len=seq_len,
+                        lora_config=lora_config, double_quant=args.double_quant, seed=args.seed)
+    out(f"training memory (batch {args.batch_size} x {seq_len} tokens): predicted {_mb(mem.predicted_total)}, "
+        f"measured {_mb(mem.measured_total)}")
+    for key in mem.predicted:
+        out(f"  {key:<18} predicted {_mb(mem.predicted[key]):>10}   measured {_mb(mem.measured[key]):>10}")
+    out_dir = Path(args.out)
+    t_train = time.time()
+    result = train(model, tokenizer, train_set, train_config, out_dir=out_dir, resume=args.resume,
+                   progress=args.progress,
+                   eval_fn=(lambda m: {"exact_match": score(m)}) if args.eval_every else None)
+    train_s = time.time() - t_train
+    if result.start_step:
+        out(f"resumed from step {result.start_step} ({out_dir / 'checkpoint.pt'})")
+    if result.interrupted:
+        out(f"interrupted at step {result.step}/{args.steps}; checkpoint written to {out_dir / 'checkpoint.pt'}. "
+            f"Rerun with --resume to continue.")
+        return EXIT_INTERRUPTED
+    after = score(model)
+    out(f"exact match after {result.step} steps: {100 * after:.1f}% (before: {100 * before:.1f}%); "
+        f"final training loss {sum(result.losses[-10:]) / len(result.losses[-10:]):.3f}")
+    if lora_config is not None:
+        path = save_adapter(model, out_dir / "adapter", lora_config, base_model_name_or_path=args.model)
+        size = sum(f.stat().st_size for f in path.iterdir())
+        out(f"adapter saved to {path} ({size / 1e3:.0f} kB, PEFT format)")
+    wall = time.time() - t0
+    out(f"wall time: {wall:.0f} s (training {train_s:.0f} s)")
+    metrics = {"model": args.model, "method": args.method, "exact_match_before": before,
+               "exact_match_after": after, "steps": result.step, "start_step": result.start_step,
+               "losses": result.losses, "evals": result.evals, "trainable": trainable_report(model),
+               "memory_predicted": mem.predicted, "memory_measured": mem.measured,
+               "wall_seconds": wall, "train_seconds": train_s, "args": vars(args)}
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from lora_lab.models import ModelLoadError
+
+    try:
+        return run_qlora(args)
+    except ModelLoadError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except ValueError as err:
+        parser.error(str(err))  # exits with status 2 and the usage line
+    return 2
