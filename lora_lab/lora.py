@@ -121,15 +121,22 @@ class LoRALinear(nn.Module):
         dtype = _float_dtype(base_layer)
         device = next(base_layer.parameters(), torch.empty(0)).device
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
-        self.lora_A = nn.Linear(self.in_features, r, bias=False, device=device, dtype=dtype)
-        self.lora_B = nn.Linear(r, self.out_features, bias=False, device=device, dtype=dtype)
+        # Built and initialized on the CPU (where a seeded generator lives, so the same seed
+        # gives the same adapter on any device), then moved next to the base weight.
+        self.lora_A = nn.Linear(self.in_features, r, bias=False, dtype=dtype)
+        self.lora_B = nn.Linear(r, self.out_features, bias=False, dtype=dtype)
         self.reset_lora_parameters(init_lora_weights, generator=generator)
+        self.lora_A.to(device)
+        self.lora_B.to(device)
         self.merged = False
 
     @torch.no_grad()
     def reset_lora_parameters(self, init_lora_weights: bool | str = True,
                               generator: torch.Generator | None = None) -> None:
-        """Initialize A and B as PEFT does (``init_lora_weights=False``: both random)."""
+        """Initialize A and B as PEFT does (``init_lora_weights=False``: both random).
+
+        ``generator`` must live on the device of the adapter weights (CPU at construction).
+        """
         if init_lora_weights == "gaussian":
             self.lora_A.weight.normal_(0.0, 1.0 / self.r, generator=generator)  # the paper's N(0, σ²)
         else:
