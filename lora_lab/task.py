@@ -12,7 +12,7 @@ text that stops right after a short answer, so the base model scores close to 0%
 match. What the base *can* do is read a story and copy the right entity out of it
 ("The one who found the ball was Tom.", '"Who found the ball?" asked Mia. "It was Tom,"
 said Ben.'): LoRA only has to connect the new format to that skill. The answer always
-depends on the story: 8 question types over 100+ names, 70+ objects, 40+ places, 13
+depends on the story: 8 question types over 100+ names, 70 objects, 40 places, 13
 colours, 22 feelings and 40 animals. Answers are a name, colour or feeling alone, or a
 place or thing with its article ("the park", "a ball").
 
