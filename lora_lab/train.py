@@ -251,8 +251,9 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig = T
         ckpt = load_checkpoint(ckpt_path, model, optimizer)
         result.step = result.start_step = ckpt["step"]
         result.losses, result.lrs, result.evals = list(ckpt["losses"]), list(ckpt["lrs"]), list(ckpt["evals"])
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.gradient_checkpointing:  # recompute each block in backward instead of storing it
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     data = encode_examples(tokenizer, examples)
     lengths = [len(x) for x, _ in data]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
