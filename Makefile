@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 # JupyterLab refuses to run as root (containers, cloud VMs) unless told it may.
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab lab-headless test unit notebooks demo bench clean-venv
+.PHONY: lab lab-headless test unit browser notebooks demo bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,15 +24,19 @@ $(STAMP): pyproject.toml
 lab: $(STAMP)
 	$(BIN)/jupyter lab $(LAB_FLAGS) notebooks/00_welcome.ipynb
 
-# For a remote or classroom server: no browser, fixed port, all interfaces.
+# For a remote or classroom server: no browser, fixed port, all interfaces (TOKEN=... to choose it).
 lab-headless: $(STAMP)
-	$(BIN)/jupyter lab $(LAB_FLAGS) --no-browser --ip=0.0.0.0 --port=$(PORT) notebooks/00_welcome.ipynb
+	$(BIN)/jupyter lab $(LAB_FLAGS) --no-browser --ip=0.0.0.0 --port=$(PORT) \
+	  $(if $(TOKEN),--IdentityProvider.token=$(TOKEN)) notebooks/00_welcome.ipynb
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --nbval --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --ignore=tests/browser
+
+browser: $(STAMP)
+	$(BIN)/python -m pytest tests/browser
 
 # Re-execute every notebook in place (for authors, after changing the library).
 notebooks: $(STAMP)
