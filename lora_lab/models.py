@@ -190,6 +190,31 @@ def keep_bnb_layout(model):
     return model
 
 
+@torch.no_grad()
+def dequantize_model(model, dtype: torch.dtype = torch.float32):
+    """Replace every 4-bit linear layer (bitsandbytes or lora_lab), in place, by an
+    ``nn.Linear`` holding its dequantized weight: the base QLoRA actually trained on, in
+    full precision, so that merging ``W_dq + B A`` is exact. Works under LoRA wrappers
+    too. Returns ``model``."""
+    from torch import nn
+
+    from lora_lab.baselayer import get_weight
+
+    for name, module in list(model.named_modules()):
+        if type(module).__name__ not in ("Linear4bit", "FrozenLinear4bit"):
+            continue
+        weight = get_weight(module).to(dtype)                            # (out, in)
+        linear = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None,
+                           device=weight.device, dtype=dtype)
+        linear.weight.copy_(weight)
+        if module.bias is not None:
+            linear.bias.copy_(module.bias.to(dtype))
+        linear.requires_grad_(False)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+    return model
+
+
 def quantized_layers(model) -> tuple[list[str], list[str]]:
     """Names of the 4-bit linear layers and of the modules that keep full-precision weights
     (embeddings, norms, output head), as two lists."""

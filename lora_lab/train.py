@@ -74,7 +74,8 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """What a run did: per-step loss and learning rate, (step, metrics) evaluations."""
+    """What a run did: per-step loss and learning rate, (step, metrics) evaluations, and
+    wall time (``seconds``, of which ``eval_seconds`` went to ``eval_fn``)."""
 
     losses: list[float] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
@@ -82,6 +83,7 @@ class TrainResult:
     start_step: int = 0
     step: int = 0
     seconds: float = 0.0
+    eval_seconds: float = 0.0
     interrupted: bool = False
 
 
@@ -281,7 +283,9 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig = T
             bar.set_postfix(loss=f"{result.losses[-1]:.3f}", refresh=False)
             if eval_fn is not None and config.eval_every and result.step % config.eval_every == 0 \
                     and result.step < config.steps:
+                t_eval = time.time()
                 result.evals.append((result.step, eval_fn(model)))
+                result.eval_seconds += time.time() - t_eval
                 model.train()
             if ckpt_path is not None and config.checkpoint_every and result.step % config.checkpoint_every == 0:
                 save_checkpoint(ckpt_path, model, optimizer, result, config)
@@ -290,7 +294,9 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig = T
     if result.interrupted and ckpt_path is not None:
         save_checkpoint(ckpt_path, model, optimizer, result, config)
     elif eval_fn is not None and not result.interrupted and result.step > result.start_step:
+        t_eval = time.time()
         result.evals.append((result.step, eval_fn(model)))
+        result.eval_seconds += time.time() - t_eval
     if ckpt_path is not None and not result.interrupted and config.checkpoint_every:
         save_checkpoint(ckpt_path, model, optimizer, result, config)
     result.seconds = time.time() - t0
