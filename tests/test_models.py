@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
-from lora_lab.models import (SHIPPED_MODEL, ModelLoadError, load_model, load_tokenizer, model_bytes,
+from lora_lab.models import (SHIPPED_MODEL, ModelLoadError, dequantize_model, load_model, load_tokenizer, model_bytes,
                              quantized_layers)
 from lora_lab.task import make_split
 from lora_lab.train import collate, encode_examples
@@ -108,3 +108,31 @@ def test_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="could not be loaded"):
         load_model(str(tmp_path))
+
+
+def test_dequantize_model_makes_merging_exact(batch):
+    """dequantize_model keeps the 4-bit model's function (it holds W_dq in fp32), and
+    merging an adapter into it equals the unmerged 4-bit model."""
+    from lora_lab.lora import LoraConfig, add_lora, load_adapter, merge_lora, save_adapter
+
+    def logits(m):
+        with torch.no_grad():
+            return m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    q = load_model(quantization="nf4")
+    dq = dequantize_model(load_model(quantization="nf4"))
+    assert not quantized_layers(dq)[0]
+    assert torch.allclose(logits(q), logits(dq), atol=1e-4)
+    add_lora(q, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for name, p in q.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02, generator=torch.Generator().manual_seed(2))
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        save_adapter(q, d)
+        merged = merge_lora(load_adapter(dequantize_model(load_model(quantization="nf4")), d))
+        rounded = merge_lora(load_adapter(load_model(quantization="nf4"), d))
+    exact_gap = (logits(merged) - logits(q)).abs().max()
+    rounded_gap = (logits(rounded) - logits(q)).abs().max()
+    assert exact_gap < 1e-3 < rounded_gap
