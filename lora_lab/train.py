@@ -255,7 +255,7 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig = T
         result.losses, result.lrs, result.evals = list(ckpt["losses"]), list(ckpt["lrs"]), list(ckpt["evals"])
     if config.gradient_checkpointing:  # recompute each block in backward instead of storing it
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable({"use_reentrant": False})
     data = encode_examples(tokenizer, examples)
     lengths = [len(x) for x, _ in data]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
