@@ -90,7 +90,8 @@ def run_qlora(args, out=print) -> int:
     device = next(model.parameters()).device
     quant = (f"{args.quantization.upper()}{' + double quant' if args.double_quant else ''} via {args.backend}"
              if args.method == "qlora" else "not quantized")
-    out(f"model: {args.model} on {device.type}, {quant}; weights in memory {_mb(model_bytes(model))}")
+    out(f"model: {args.model} on {device.type}, {quant}; weights in memory (base + adapters) "
+        f"{_mb(model_bytes(model))}")
     train_set = make_split("train", args.train_examples, seed=args.seed)
     eval_set = make_split("eval", args.eval_examples)
 

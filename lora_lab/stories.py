@@ -4,15 +4,17 @@ A story is a list of sentences plus the *facts* it states (who found what, where
 colour it was, who got it, how someone felt, which animal someone saw). The facts are
 what the fine-tuning task (:mod:`lora_lab.task`) asks about.
 
-For pretraining, :meth:`Story.text` can also weave in *recall* sentences that restate a
-fact later in the story ("The one who found the ball was Tom."). Those teach the base
-model the skill the task leans on -- copying the right entity out of its context --
-without ever showing the task's question/answer format.
+For pretraining (:func:`pretraining_text`), most stories also restate some facts later
+on, as *recall* sentences ("The one who found the ball was Tom.") or as *dialogue*
+(:func:`dialogues`). Those teach the base model the skill the task leans on -- copying
+the right entity out of its context -- without ever showing the task's format.
 
-Example (``make_story(random.Random(3)).text(recalls=True)``)::
+Example (``pretraining_text(3)``, with one dialogue line woven in)::
 
-    One morning, Mia went to the park and found a red ball there. ... Later, Mia gave the
-    ball to Ben. That made Ben happy. ... The one who found the ball was Mia.
+    Iris lived in a little house near the hill. In the park, Milo made a blue clock. Iris
+    saw a little dog jumping in the park. Then, Milo gave the clock to Iris. Iris was very
+    sad. "Who gave the clock to Iris?" Milo wanted to know. "It was Milo," Rita said. They
+    laughed all the way home.
 """
 
 from __future__ import annotations
