@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 # JupyterLab refuses to run as root (containers, cloud VMs) unless told it may.
 LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: lab lab-headless test unit browser notebooks demo bench clean-venv
+.PHONY: lab lab-headless test unit browser notebooks demo model bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ notebooks: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m lora_lab qlora
+
+# Rebuild data/lab-gpt2 (seeded; uses CUDA when available).
+model: $(STAMP)
+	$(BIN)/python scripts/build_lab_model.py
 
 bench: $(STAMP)
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done

@@ -10,6 +10,14 @@ Modules, one concept each:
     memory    what sits in memory during training, predicted (shapes: model presets;
               activations: the activation model) and measured (measure)
     course    the course map and the environment check
+    stories   the pretraining corpus of the shipped GPT-2 (story_words: its vocabulary;
+              facts: what each story states and the questions it answers)
+    task      the fine-tuning task: question answering in a format the base never saw
+    models    load_model: the shipped GPT-2 or a Hub name, fp or 4-bit (bitsandbytes / lora_lab)
+    train     the training loop (warm-up + decay, clipping, checkpoints, resume)
+    evaluate  generation, exact match, perplexity
+    recipe    QLoRA / LoRA / full fine-tuning as one recipe, with predicted and measured memory
+    cli       `python -m lora_lab qlora`
     plots/    figures (each function returns a matplotlib Figure)
     widgets/  thin ipywidgets explorers over the functions above
     exercises/ checkers for the end-of-chapter exercises
