@@ -51,7 +51,12 @@ def check_exercise_merge_recipe(answer) -> ExerciseResult:
 def check_exercise_first_step_over(answer, evals: Sequence[tuple[int, dict]], threshold: float = 0.9,
                                    key: str = "exact_match") -> ExerciseResult:
     """Ex. 4: the first evaluated step at which held-out exact match reached ``threshold``."""
-    first = next((s for s, m in evals if m[key] >= threshold), None)
+    try:
+        pairs = [(int(step), float(metrics[key])) for step, metrics in evals]
+    except (TypeError, ValueError, KeyError, IndexError):
+        return ExerciseResult(False, "the second argument must be result.evals from your training run: "
+                                     f"a list of (step, {{'{key}': ...}}) pairs.")
+    first = next((s for s, m in pairs if m >= threshold), None)
     if first is None:
         return ExerciseResult(answer is None, "No evaluation reached the threshold; the answer is None.")
     return check_number(answer, first, rel_tol=0,
