@@ -1,55 +1,44 @@
 """Benchmark: what an unmerged LoRA adapter costs at inference, and that merging removes it.
 
 Prints, for each layer size and rank, the forward time of the LoRA layer unmerged and merged
-as ratios against the plain base layer measured in the same run (1.00 = no added latency).
-Runs on CUDA (bf16) when available, else CPU (fp32).
+as ratios against the plain base layer measured in the same run (1.00 = no added latency),
+next to the FLOP ratio of the unmerged layer (1 + r(d_in + d_out)/(d_in·d_out)). Each time is
+the median of torch.utils.benchmark.Timer.blocked_autorange (lora_lab.scaling.time_forward).
+Runs on CUDA (bf16) when available, else CPU (fp32, one thread: see time_forward).
 
     python benchmarks/lora_latency.py
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
 from lora_lab.lora import LoRALinear
-
-
-def bench(fn, repeats: int, sync) -> float:
-    times = []
-    with torch.no_grad():
-        for i in range(repeats + 5):
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            if i >= 5:
-                times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+from lora_lab.scaling import merge_flop_ratio, time_forward
 
 
 def main() -> None:
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     tokens = 4096 if cuda else 256
-    print(f"device={device} dtype={dtype} tokens/batch={tokens} threads={torch.get_num_threads()}")
-    print(f"{'d':>6} {'r':>4} {'base ms':>9} {'unmerged/base':>14} {'merged/base':>12}")
+    threads = 1
+    print(f"device={device} dtype={dtype} tokens/batch={tokens} threads={threads} "
+          f"(medians of Timer.blocked_autorange)")
+    print(f"{'d':>6} {'r':>4} {'base ms':>9} {'unmerged/base':>14} {'merged/base':>12} {'FLOPs unmerged/base':>20}")
     for d in (768, 4096):
         for r in (8, 64):
             g = torch.Generator().manual_seed(0)
             base = nn.Linear(d, d).to(device, dtype)
             layer = LoRALinear(base, r=r, lora_alpha=2 * r, init_lora_weights=False, generator=g).to(device, dtype)
             x = torch.randn(tokens, d, device=device, dtype=dtype)
-            repeats = 50 if cuda else 10
-            t_base = bench(lambda: base(x), repeats, sync)
-            t_unmerged = bench(lambda: layer(x), repeats, sync)
+            t_base = time_forward(base, x, num_threads=threads)
+            t_unmerged = time_forward(layer, x, num_threads=threads)
             layer.merge()
-            t_merged = bench(lambda: layer(x), repeats, sync)
+            t_merged = time_forward(layer, x, num_threads=threads)
             layer.unmerge()
-            print(f"{d:>6} {r:>4} {1e3 * t_base:>9.3f} {t_unmerged / t_base:>14.2f} {t_merged / t_base:>12.2f}")
+            print(f"{d:>6} {r:>4} {1e3 * t_base:>9.3f} {t_unmerged / t_base:>14.2f} {t_merged / t_base:>12.2f} "
+                  f"{merge_flop_ratio(d, d, r):>20.3f}")
 
 
 if __name__ == "__main__":

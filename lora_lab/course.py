@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The exact versions the committed notebook outputs were made with (``make lock`` refreshes it).
+LOCK_FILE = ROOT / "requirements-lock.txt"
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,10 @@ CHAPTERS = (
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "safetensors", "ipywidgets",
             "matplotlib", "jupyterlab")
+# The packages whose version can change what a notebook prints (or whether the tests run).
+KEY_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "tokenizers",
+                "safetensors", "numpy", "scipy", "matplotlib", "ipywidgets", "jupyterlab",
+                "nbval", "pytest", "playwright")
 
 
 @dataclass
@@ -71,3 +78,69 @@ def check_environment() -> EnvReport:
     device = f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
     ok, detail = check_bnb_4bit("cuda" if torch.cuda.is_available() else "cpu")
     return EnvReport(platform.python_version(), versions, device, ok, detail, missing)
+
+
+def normalize_name(name: str) -> str:
+    """A distribution name as pip compares it (PEP 503): lower case, runs of ``-_.`` -> ``-``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def public_version(version: str) -> str:
+    """A version without its local label: ``2.13.0+cpu`` -> ``2.13.0`` (the build, not the release)."""
+    return version.split("+", 1)[0]
+
+
+def pinned_versions(lock: str | Path | None = None) -> dict[str, str]:
+    """``{package: version}`` for every ``name==version`` line of the lock file.
+
+    Names are normalized (:func:`normalize_name`); comments, blank lines and pip options are
+    skipped. ``lock`` defaults to ``requirements-lock.txt`` at the repository root (the parent
+    of the ``lora_lab`` package folder); a missing file gives ``{}`` (e.g. a wheel install).
+    """
+    path = LOCK_FILE if lock is None else Path(lock)
+    if not path.is_file():
+        return {}
+    pins = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        name, sep, version = line.partition("==")
+        if not sep or not name.strip() or not version.strip():
+            raise ValueError(f"{path}:{number}: expected 'name==version', got {raw!r}")
+        pins[normalize_name(name.split("[", 1)[0].strip())] = version.split(";", 1)[0].strip()
+    return pins
+
+
+def installed_version(name: str) -> str | None:
+    """The running environment's version of distribution ``name``, or None if it is not installed."""
+    try:
+        return md.version(name)
+    except md.PackageNotFoundError:
+        return None
+
+
+def version_drift(packages=None, lock: str | Path | None = None) -> dict[str, tuple[str, str | None]]:
+    """The pinned packages whose running version differs from the lock.
+
+    Returns ``{package: (pinned, running)}``, ``running`` None for a package that is not
+    installed; ``{}`` when everything matches (or there is no lock). A local build label is
+    ignored (torch ``2.13.0+cpu`` matches the pin ``2.13.0``). ``packages`` restricts the check
+    to those names (default: every package in the lock); a name the lock does not pin raises.
+    """
+    pins = pinned_versions(lock)
+    if packages is None:
+        names = list(pins)
+    else:
+        names = [normalize_name(p) for p in packages]
+        unknown = [n for n in names if pins and n not in pins]
+        if unknown:
+            raise ValueError(f"packages {unknown} are not pinned in {lock or LOCK_FILE}")
+    drift = {}
+    for name in names:
+        if name not in pins:
+            continue
+        running = installed_version(name)
+        if running is None or public_version(running) != pins[name]:
+            drift[name] = (pins[name], running)
+    return drift

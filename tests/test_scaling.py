@@ -9,8 +9,8 @@ from torch import nn
 from lora_lab.exercises.lora import (check_exercise_c_attn_params, check_exercise_first_gradient,
                                      check_exercise_rslora_scaling)
 from lora_lab.lora import LoRALinear
-from lora_lab.scaling import (compare_merge_latency, compute_alpha_effect, scaling_curves,
-                              update_norm_vs_rank)
+from lora_lab.scaling import (compare_merge_latency, compute_alpha_effect, merge_flop_ratio,
+                              scaling_curves, time_forward, update_norm_vs_rank)
 from lora_lab.widgets.lora import alpha_explorer
 
 
@@ -30,8 +30,49 @@ def test_rslora_keeps_update_size():
 
 def test_compare_merge_latency_leaves_layer_unmerged():
     layer = LoRALinear(nn.Linear(32, 32), r=2)
-    un, me = compare_merge_latency(layer, torch.randn(4, 32), rounds=1, repeats=2)
+    un, me = compare_merge_latency(layer, torch.randn(4, 32), rounds=1, min_run_time=0.01)
     assert un > 0 and me > 0 and not layer.merged
+
+
+def test_compare_merge_latency_reports_ratio_flops_and_method():
+    layer = LoRALinear(nn.Linear(48, 32), r=4)
+    lat = compare_merge_latency(layer, torch.randn(8, 48), rounds=3, min_run_time=0.01)
+    assert lat.ratio == lat.unmerged / lat.merged
+    assert lat.flop_ratio == merge_flop_ratio(48, 32, 4) == 1 + 4 * (48 + 32) / (48 * 32)
+    assert "blocked_autorange" in lat.method and "3 rounds" in lat.method and "1 thread" in lat.method
+    assert not layer.merged
+
+
+def test_compare_merge_latency_rejects_a_merged_layer_and_bad_rounds():
+    layer = LoRALinear(nn.Linear(16, 16), r=2)
+    with pytest.raises(ValueError, match="rounds=0"):
+        compare_merge_latency(layer, torch.randn(2, 16), rounds=0)
+    layer.merge()
+    with pytest.raises(ValueError, match="unmerge"):
+        compare_merge_latency(layer, torch.randn(2, 16))
+
+
+def test_time_forward_is_a_median_without_autograd():
+    calls = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            calls.append(torch.is_grad_enabled())
+            return x
+
+    t = time_forward(Probe(), torch.randn(2), min_run_time=0.01)
+    assert t > 0 and calls and not any(calls)
+    with pytest.raises(ValueError, match="min_run_time=0"):
+        time_forward(Probe(), torch.randn(2), min_run_time=0)
+    with pytest.raises(ValueError, match="num_threads=0"):
+        time_forward(Probe(), torch.randn(2), num_threads=0)
+
+
+def test_merge_flop_ratio():
+    assert merge_flop_ratio(1024, 1024, 16) == pytest.approx(1.03125)   # 2r/d for a square layer
+    assert merge_flop_ratio(4096, 4096, 8) == pytest.approx(1 + 16 / 4096)
+    with pytest.raises(ValueError, match="r must be a positive integer, got r=0"):
+        merge_flop_ratio(8, 8, 0)
 
 
 def _readout(box):
