@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from os import PathLike
 from pathlib import Path
 
 import torch
@@ -28,14 +29,26 @@ _UNSUPPORTED = {"use_dora": False, "rank_pattern": {}, "alpha_pattern": {}, "mod
 
 
 def _suffix_targets(model: nn.Module, wrapped: list[str]) -> list[str]:
-    """Short target names (``c_attn``) if they select exactly ``wrapped``, else full paths."""
-    from lora_lab.baselayer import is_wrappable
-    from lora_lab.lora import LoRALinear
+    """Short target names (``c_attn``) if, by PEFT's list rule, they select exactly
+    ``wrapped`` among the model's modules, else the full paths."""
+    from lora_lab.baselayer import target_matches
     suffixes = sorted({n.split(".")[-1] for n in wrapped})
-    inner = {f"{n}.{c}" for n in wrapped for c in ("base_layer", "lora_A", "lora_B")}
-    selected = {n for n, m in model.named_modules() if n.split(".")[-1] in suffixes
-                and n not in inner and (isinstance(m, LoRALinear) or is_wrappable(m))}
+    inner = {f"{n}.{c}" for n in wrapped for c in ("base_layer", "lora_A", "lora_B", "lora_dropout")}
+    selected = {n for n, _ in model.named_modules() if n and not any(n.startswith(i) for i in inner)
+                and target_matches(tuple(suffixes), n)}
     return suffixes if selected == set(wrapped) else sorted(wrapped)
+
+
+TASK_TYPES = ("CAUSAL_LM", "SEQ_CLS", "SEQ_2_SEQ_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+
+
+def infer_task_type(model: nn.Module) -> str | None:
+    """PEFT's ``task_type`` that fits ``model``: ``"CAUSAL_LM"`` for a model that can
+    generate (it has ``prepare_inputs_for_generation``, which ``PeftModelForCausalLM``
+    calls, as transformers' ``*ForCausalLM`` / ``GPT2LMHeadModel`` do), else ``None``
+    (``PeftModel.from_pretrained`` then builds a plain ``PeftModel``, which works for any
+    module: an MLP, a Conv1D model, a bare ``GPT2Model``)."""
+    return "CAUSAL_LM" if callable(getattr(model, "prepare_inputs_for_generation", None)) else None
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -54,25 +67,47 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: nn.Module, path: str | Path, config=None, *,
-                 base_model_name_or_path: str | None = None) -> Path:
+                 base_model_name_or_path: str | None = None, task_type: str | None = "auto") -> Path:
     """Write the model's adapters to folder ``path`` in PEFT's format; returns ``path``.
 
+    Args:
+        task_type: PEFT's ``task_type`` to record; ``"auto"`` (default) infers it
+            (:func:`infer_task_type`: ``"CAUSAL_LM"`` for a generating LM, else ``None``),
+            ``None`` or one of :data:`TASK_TYPES` sets it.
+
     Raises:
-        ValueError: if the model has no LoRA layers or no config is known.
+        ValueError: if the model has no LoRA layers, no config is known, the adapters are
+            merged, an argument is malformed, or ``path`` cannot be written (an existing
+            file, say); nothing is written then.
     """
-    from lora_lab.lora import lora_layers
+    from lora_lab.lora import LoraConfig, lora_layers
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(path, (str, PathLike)) or not str(path):
+        raise ValueError(f"path must be a folder path (str or Path), got path={path!r}")
     config = config or getattr(model, "lora_config", None)
     layers = list(lora_layers(model))
     if not layers:
         raise ValueError("save_adapter: model has no LoRA layers (call add_lora first)")
     if config is None:
         raise ValueError("save_adapter: pass config= (the model was not built with add_lora)")
+    if not isinstance(config, LoraConfig):
+        raise ValueError(f"config must be a lora_lab LoraConfig, got {type(config).__name__}")
     if any(layer.merged for _, layer in layers):
         raise ValueError("save_adapter: adapters are merged into the base; unmerge_lora(model) first")
+    if base_model_name_or_path is not None and not isinstance(base_model_name_or_path, str):
+        raise ValueError(f"base_model_name_or_path must be a string or None, got {base_model_name_or_path!r}")
+    if task_type == "auto":
+        task_type = infer_task_type(model)
+    elif task_type is not None and task_type not in TASK_TYPES:
+        raise ValueError(f"task_type must be 'auto', None or one of {TASK_TYPES}, got task_type={task_type!r}")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"save_adapter: {path} exists and is not a folder")
     wrapped = [n for n, _ in layers]
     if base_model_name_or_path is None:
         base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    cfg = {**_UNSUPPORTED, "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": config.r,
+    cfg = {**_UNSUPPORTED, "peft_type": "LORA", "task_type": task_type, "r": config.r,
            "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
            "target_modules": _suffix_targets(model, wrapped), "bias": config.bias,
            "use_rslora": config.use_rslora, "init_lora_weights": config.init_lora_weights,
@@ -80,9 +115,13 @@ def save_adapter(model: nn.Module, path: str | Path, config=None, *,
            "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
            "revision": None}
     tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
-    path = Path(path)
-    atomic_write_bytes(path / WEIGHTS_NAME, st_save(tensors, metadata={"format": "pt"}))
-    atomic_write_text(path / CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    config_text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"  # both built before any write
+    weights = st_save(tensors, metadata={"format": "pt"})
+    try:
+        atomic_write_bytes(path / WEIGHTS_NAME, weights)
+        atomic_write_text(path / CONFIG_NAME, config_text)
+    except OSError as err:
+        raise ValueError(f"save_adapter: cannot write to {path} ({err.__class__.__name__}: {err})") from err
     return path
 
 
@@ -110,7 +149,7 @@ def read_adapter_config(path: str | Path):
                           lora_dropout=raw.get("lora_dropout", 0.0),
                           target_modules=targets if targets else (), bias=raw.get("bias", "none"),
                           use_rslora=bool(raw.get("use_rslora", False)),
-                          init_lora_weights=init if init in (True, False, "gaussian") else True)
+                          init_lora_weights=init if isinstance(init, bool) or init == "gaussian" else True)
     except ValueError as e:
         raise ValueError(f"{file}: {e}") from e
 
@@ -135,12 +174,21 @@ def read_adapter_weights(path: str | Path) -> dict[str, torch.Tensor]:
 def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     """Add the adapter at ``path`` to ``model`` (or fill the LoRA layers it already has).
 
+    Works for adapters saved by lora_lab or by PEFT, with ``bias="none"``, ``"all"`` or
+    ``"lora_only"`` (the biases are stored under the wrapped model's names,
+    ``<layer>.base_layer.bias``, and are mapped onto a fresh base). Everything is checked
+    before the model changes: on an error it is left as it was.
+
     Raises:
         ValueError: for a missing/corrupt file, or keys/shapes that do not match the model
             (the message names the layer).
     """
     from lora_lab.baselayer import is_wrappable, layer_dims
     from lora_lab.lora import LoRALinear, add_lora, lora_layers
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(path, (str, PathLike)) or not str(path):
+        raise ValueError(f"path must be an adapter folder (str or Path), got path={path!r}")
     config = read_adapter_config(path)
     weights = read_adapter_weights(path)
     layer_names = sorted({k.rsplit(".lora_", 1)[0] for k in weights if ".lora_" in k})
@@ -175,9 +223,16 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
                 raise ValueError(f"adapter at {path!s}: layer {name!r} expects {part} of shape "
                                  f"{shape}, the file has {tuple(weights[key].shape)} (was it trained "
                                  "with another r or another base model?)")
-    for key in weights:
-        if ".lora_" not in key and (key not in params or params[key].shape != weights[key].shape):
-            raise ValueError(f"adapter at {path!s}: tensor {key!r} has no place in the model")
+    for key in weights:  # biases (bias="all"/"lora_only"): named as in the wrapped model
+        if ".lora_" in key:
+            continue
+        target = key if (existing or key in params) else _unwrapped_name(key, layer_names)
+        if target not in params or params[target].shape != weights[key].shape:
+            shape = tuple(params[target].shape) if target in params else None
+            raise ValueError(f"adapter at {path!s}: tensor {key!r} of shape {tuple(weights[key].shape)} "
+                             f"has no place in the model" + (f" (the model's has shape {shape})" if shape else ""))
+        if weights[key].dtype.is_floating_point and not torch.isfinite(weights[key]).all():
+            raise ValueError(f"adapter at {path!s}: tensor {key!r} contains NaN/inf")
     if not existing:
         add_lora(model, dataclasses.replace(config, target_modules=layer_names))
         model.lora_config = config
@@ -186,3 +241,13 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
         for key, tensor in weights.items():
             params[key].copy_(tensor.to(params[key].dtype))
     return model
+
+
+def _unwrapped_name(key: str, layer_names: list[str]) -> str:
+    """``lin0.base_layer.bias`` -> ``lin0.bias`` when ``lin0`` is a layer the adapter wraps:
+    the name a bias of a wrapped layer has in the base model before ``add_lora``."""
+    for name in layer_names:
+        prefix = f"{name}.base_layer."
+        if key.startswith(prefix):
+            return f"{name}.{key[len(prefix):]}"
+    return key

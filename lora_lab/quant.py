@@ -15,6 +15,7 @@ in :mod:`lora_lab.quant_metrics`.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -286,8 +287,14 @@ def quantize_4bit(x: Tensor, codebook: str = "nf4", blocksize: int = 64,
 
 
 def unpack_codes(q: QuantizedTensor) -> Tensor:
-    """The 4-bit indices, int64 (n,), element order (high nibble first)."""
-    codes = torch.stack([q.packed >> 4, q.packed & 0xF], dim=1).reshape(-1)
+    """The 4-bit indices, int64 (n,), element order (high nibble first).
+
+    Raises:
+        ValueError: if the fields of ``q`` do not fit together (:func:`check_quantized`).
+    """
+    check_quantized(q)
+    packed = q.packed.reshape(-1)
+    codes = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1)
     return codes[: q.numel].long()
 
 
@@ -312,6 +319,81 @@ def _decode_blocks(words: Tensor, table: Tensor, absmax: Tensor, blocksize: int,
     out.view(-1, blocksize).mul_(absmax[:, None])                         # x̂ = code · absmax
 
 
+def _size_error(field: str, expected: int, got: int, why: str) -> ValueError:
+    return ValueError(f"{field} has {got} elements, expected {expected} ({why}); the QuantizedTensor's "
+                      "fields do not belong together")
+
+
+def check_quantized(q: "QuantizedTensor") -> None:
+    """Check that the fields of ``q`` fit together before decoding it.
+
+    Checked: ``shape`` (non-negative ints, at least one element), ``dtype`` (float32/16,
+    bfloat16), ``blocksize`` (power of two in [32, 4096]), ``codebook`` and ``code`` (16
+    finite floats), ``packed`` (uint8, ceil(n/2) bytes), ``absmax`` (ceil(n/blocksize)
+    values: finite floats, or uint8 codes with double quantization) and, with double
+    quantization, ``nested_absmax`` (ceil(n_blocks/nested_blocksize) floats),
+    ``nested_offset`` (one float) and ``nested_code`` (256 floats).
+
+    Raises:
+        ValueError: naming the first field at fault, with the expected and actual sizes.
+    """
+    if not isinstance(q, QuantizedTensor):
+        raise ValueError(f"q must be a QuantizedTensor, got {type(q).__name__}")
+    try:
+        shape = torch.Size(q.shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be a tuple of non-negative ints, got shape={q.shape!r}") from None
+    if any(d < 0 for d in shape):
+        raise ValueError(f"shape must have non-negative sizes, got shape={tuple(shape)}")
+    if shape.numel() == 0:
+        raise ValueError(f"shape must describe at least one element, got shape={tuple(shape)}")
+    if q.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be one of {FLOAT_DTYPES}, got dtype={q.dtype!r}")
+    _check_blocksize(q.blocksize)
+    if q.codebook not in CODEBOOKS:
+        raise ValueError(f"codebook must be one of {CODEBOOKS}, got codebook={q.codebook!r}")
+    for field in ("packed", "absmax", "code"):
+        if not isinstance(getattr(q, field), Tensor):
+            raise ValueError(f"{field} must be a torch.Tensor, got {type(getattr(q, field)).__name__}")
+    if not q.code.dtype.is_floating_point or q.code.numel() != 16 or not torch.isfinite(q.code).all():
+        raise ValueError(f"code must hold 16 finite float values (the codebook), got {q.code.numel()} "
+                         f"values of dtype {q.code.dtype}")
+    n = shape.numel()
+    if q.packed.dtype != torch.uint8:
+        raise ValueError(f"packed must be uint8 (two 4-bit codes per byte), got dtype {q.packed.dtype}")
+    if q.packed.numel() != (n + 1) // 2:
+        raise _size_error("packed", (n + 1) // 2, q.packed.numel(), f"ceil(n/2) bytes for shape {tuple(shape)}, n={n}")
+    nblocks = -(-n // q.blocksize)
+    if q.absmax.numel() != nblocks:
+        raise _size_error("absmax", nblocks, q.absmax.numel(),
+                          f"one per block: ceil({n}/{q.blocksize}) for shape {tuple(shape)}, blocksize={q.blocksize}")
+    nested = [q.nested_absmax, q.nested_offset, q.nested_code]
+    if q.nested_absmax is None:
+        if any(t is not None for t in nested):
+            raise ValueError("nested_offset/nested_code are set but nested_absmax is None: double quantization "
+                             "needs all three")
+        if not q.absmax.dtype.is_floating_point or not torch.isfinite(q.absmax).all():
+            raise ValueError(f"absmax must hold finite float scales (no double quantization), got dtype "
+                             f"{q.absmax.dtype}" + ("" if not q.absmax.dtype.is_floating_point else " with NaN/inf"))
+        return
+    for field, t in zip(("nested_absmax", "nested_offset", "nested_code"), nested):
+        if not isinstance(t, Tensor) or not t.dtype.is_floating_point or not torch.isfinite(t).all():
+            raise ValueError(f"{field} must be a finite float tensor with double quantization, got "
+                             f"{type(t).__name__ if not isinstance(t, Tensor) else t.dtype}")
+    if q.absmax.dtype != torch.uint8:
+        raise ValueError(f"absmax must be uint8 8-bit codes with double quantization, got dtype {q.absmax.dtype}")
+    nb = q.nested_blocksize
+    if isinstance(nb, bool) or not isinstance(nb, int) or nb < 1:
+        raise ValueError(f"nested_blocksize must be a positive int, got nested_blocksize={nb!r}")
+    if q.nested_absmax.numel() != -(-nblocks // nb):
+        raise _size_error("nested_absmax", -(-nblocks // nb), q.nested_absmax.numel(),
+                          f"one per {nb} absmax codes: ceil({nblocks}/{nb})")
+    if q.nested_offset.numel() != 1:
+        raise _size_error("nested_offset", 1, q.nested_offset.numel(), "one scalar mean")
+    if q.nested_code.numel() != 256:
+        raise _size_error("nested_code", 256, q.nested_code.numel(), "the 8-bit dynamic map")
+
+
 def dequantize_4bit(q: QuantizedTensor, *, dtype: torch.dtype | None = None) -> Tensor:
     """x̂ = code[q] · absmax_block in float32, then cast to ``dtype`` (default: the original).
 
@@ -322,11 +404,18 @@ def dequantize_4bit(q: QuantizedTensor, *, dtype: torch.dtype | None = None) -> 
 
     Returns:
         Tensor of ``q.shape``.
+
+    Raises:
+        ValueError: if a field of ``q`` is inconsistent (see :func:`check_quantized`) or
+            ``dtype`` is not a float dtype.
     """
-    if not isinstance(q, QuantizedTensor):
-        raise ValueError(f"q must be a QuantizedTensor, got {type(q).__name__}")
+    check_quantized(q)
+    if dtype is not None and dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype must be None or one of {FLOAT_DTYPES}, got dtype={dtype!r}")
+    if q.packed.dim() != 1:  # bitsandbytes keeps its codes as (n/2, 1)
+        q = dataclasses.replace(q, packed=q.packed.reshape(-1))
     n, bs = q.numel, q.blocksize
-    absmax = q.absmax_float()
+    absmax = q.absmax_float().reshape(-1)
     nblocks = absmax.numel()
     if sys.byteorder != "little":  # pragma: no cover - the word table assumes little-endian bytes
         values = torch.nn.functional.pad(q.code[unpack_codes(q)], (0, nblocks * bs - n))
