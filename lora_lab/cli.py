@@ -56,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="runs/qlora", help="folder for checkpoint, adapter and metrics.json")
     q.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     q.add_argument("--no-progress", dest="progress", action="store_false")
+    s = sub.add_parser("sweep", help="run (or re-run) the experiments chapter's grids",
+                       description="Runs the records a grid lacks in data/experiments/<grid>.jsonl "
+                                   "(resumable), or re-runs one committed record.")
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--grid", help="grid name (see --list)")
+    what.add_argument("--rerun", metavar="ID", help="re-run the committed record ID; print it as one JSON line")
+    what.add_argument("--list", action="store_true", help="list the grids and how many records each has")
+    s.add_argument("--limit", type=int, default=None, help="run at most N new experiments")
+    s.add_argument("--folder", default=None, help="results folder (default: data/experiments)")
+    s.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
 
 
@@ -138,13 +148,34 @@ def run_qlora(args, out=print) -> int:
     return 0
 
 
+def run_sweep_command(args, out=print) -> int:
+    """``python -m lora_lab sweep``: --list, --grid NAME or --rerun ID."""
+    from lora_lab.experiments import sweep
+
+    if args.list:
+        for name in sweep.GRIDS:
+            configs = sweep.grid(name)
+            done = {r["id"] for r in sweep.all_records(args.folder)}
+            have = sum(c.id in done for c in configs)
+            out(f"{name:8s} {len(configs):4d} experiments, {have:4d} recorded")
+        return 0
+    if args.rerun:
+        out(json.dumps(sweep.rerun(args.rerun, args.folder), sort_keys=True))
+        return 0
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    new = sweep.run_sweep(args.grid, folder=args.folder, progress=args.progress, limit=args.limit)
+    out(f"{len(new)} new record(s) appended to {sweep.results_path(args.grid, args.folder)}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from lora_lab.models import ModelLoadError
 
     try:
-        return run_qlora(args)
+        return run_sweep_command(args) if args.command == "sweep" else run_qlora(args)
     except ModelLoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
