@@ -197,6 +197,10 @@ def output_head_names(model: nn.Module) -> set[str]:
     return {name for name, m in model.named_modules() if out is not None and m is out}
 
 
+def _is_lora_wrapper(module: nn.Module) -> bool:
+    return all(hasattr(module, a) for a in ("base_layer", "lora_A", "lora_B"))
+
+
 def select_modules(model: nn.Module, target_modules,
                    is_candidate: Callable[[nn.Module], bool] | None = None, *,
                    what: str = "linear layers", action: str = "LoRA here cannot wrap") -> list[str]:
@@ -205,7 +209,9 @@ def select_modules(model: nn.Module, target_modules,
     (default :func:`is_wrappable`)."""
     is_candidate = is_candidate or is_wrappable
     modules = dict(model.named_modules())
-    candidates = [n for n, m in modules.items() if n and is_candidate(m)]
+    inside = tuple(f"{n}." for n, m in modules.items() if n and _is_lora_wrapper(m))
+    # as PEFT: layers inside a LoRA wrapper (its base_layer, lora_A, lora_B) are never targets
+    candidates = [n for n, m in modules.items() if n and is_candidate(m) and not n.startswith(inside)]
     return select_targets(target_modules, list(modules), candidates, heads=output_head_names(model),
                           where=type(model).__name__, kind=lambda n: type(modules[n]).__name__,
                           what=what, action=action)

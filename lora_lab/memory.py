@@ -103,22 +103,42 @@ def optimizer_state_bytes(numels: list[int], optimizer: str, weight_bytes: int) 
     return 0
 
 
+_MODULE_PATHS = {  # block-relative name (ModelShape.block_linears) -> module path in transformers
+    "gpt2": ("transformer.h.{i}.", {"c_attn": "attn.c_attn", "attn.c_proj": "attn.c_proj",
+                                    "c_fc": "mlp.c_fc", "mlp.c_proj": "mlp.c_proj"}),
+    "llama": ("model.layers.{i}.", {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
+                                    "v_proj": "self_attn.v_proj", "o_proj": "self_attn.o_proj",
+                                    "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
+                                    "down_proj": "mlp.down_proj"}),
+}
+
+
 def _targets(shape: ModelShape, target_modules) -> list[tuple[str, int, int, bool]]:
+    """The block linears ``target_modules`` selects, by the same rule as ``add_lora``
+    (PEFT's; :func:`lora_lab.baselayer.select_targets`), applied to the module paths the
+    transformers model has (``transformer.h.3.attn.c_attn``, ``model.layers.3.self_attn.q_proj``).
+    The prediction assumes the same adapters in every block, so a selection that differs
+    between blocks (a regex or path naming block 0 only) is refused."""
+    from lora_lab.baselayer import ALL_LINEAR, check_target_modules, select_targets
+
     linears = shape.block_linears()
-    if target_modules == "all-linear":
+    targets = check_target_modules(target_modules)
+    if targets == ALL_LINEAR:
         return linears
-    if isinstance(target_modules, str) or not target_modules:
-        raise ValueError(f"target_modules must be 'all-linear' or a non-empty list of names, "
-                         f"got {target_modules!r}")
-    names = [n for n, *_ in linears]
-    chosen = []
-    for t in target_modules:
-        hits = [lin for lin in linears if lin[0] == t or lin[0].endswith("." + t)]
-        if not hits:
-            raise ValueError(f"target_modules entry {t!r} is not a linear layer of {shape.name}; "
-                             f"choose from {names} or 'all-linear'")
-        chosen += [h for h in hits if h not in chosen]
-    return [lin for lin in linears if lin in chosen]
+    prefix, paths = _MODULE_PATHS[shape.arch]
+    full = {}  # module path -> (block, block-relative name)
+    for i in range(shape.n_layers):
+        for name, *_ in linears:
+            full[prefix.format(i=i) + paths[name]] = (i, name)
+    chosen = select_targets(targets, list(full), list(full), where=shape.name,
+                            what="block linear layers")
+    per_block = [sorted({full[n][1] for n in chosen if full[n][0] == i}) for i in range(shape.n_layers)]
+    for i, names in enumerate(per_block):
+        if names != per_block[0]:
+            raise ValueError(f"target_modules={target_modules!r} selects {per_block[0]} in block 0 but "
+                             f"{names} in block {i}; training_memory predicts the same adapters in every "
+                             "block: pass 'all-linear' or a list of names such as ['c_attn']")
+    return [lin for lin in linears if lin[0] in per_block[0]]
 
 
 def _check_positive(**kw) -> None:
@@ -151,7 +171,9 @@ def training_memory(model: str | ModelShape = "gpt2", recipe: str = "lora", *, r
         model: a preset name (``lora_lab.shapes.PRESET_NAMES``) or a ModelShape.
         recipe: ``"full"``, ``"lora"`` or ``"qlora"``; each sets the defaults of the
             arguments left as ``None`` (see ``RECIPES``).
-        r: LoRA rank (>= 1). target_modules: ``"all-linear"`` or block linear names.
+        r: LoRA rank (>= 1). target_modules: ``"all-linear"``, a list of block linear names
+            (``["c_attn"]``, ``["q_proj", "v_proj"]``) or a regex string matched against the
+            full module paths (PEFT's rule, as ``add_lora``); the same layers in every block.
         base_dtype: frozen base storage, one of ``BASE_DTYPES``; for ``"full"`` the dtype the
             weights train in (must be fp32/bf16/fp16).
         double_quant: nf4 with quantized absmax constants. trainable_dtype: adapter dtype.

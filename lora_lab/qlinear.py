@@ -107,26 +107,42 @@ def quantize_model(model: nn.Module, target_modules: Iterable[str] | str = "all-
     """Replace Linear/Conv1D submodules by :class:`FrozenLinear4bit` in place (QLoRA step 1).
 
     Args:
-        target_modules: "all-linear" (every Linear/Conv1D except an ``lm_head``) or names /
-            name suffixes such as ``["c_attn", "c_fc"]``.
+        target_modules: which layers, by PEFT's rule (the same as :func:`lora_lab.lora.add_lora`):
+            ``"all-linear"`` (every Linear/Conv1D except a transformers model's output head,
+            GPT-2's ``lm_head``), a list of names/suffixes such as ``["c_attn", "c_fc"]``, or a
+            string, which is a regex that must match the whole module name.
         **kwargs: codebook, blocksize, double_quant, compute_dtype.
 
     Returns:
         ``model``, with every parameter outside the replaced layers left as it was.
+
+    Raises:
+        ValueError: a bad ``target_modules`` (an entry that matches nothing, a match that is
+            not a Linear/Conv1D) or option; the model is unchanged then.
     """
+    from lora_lab.baselayer import _is_bnb_4bit, _is_conv1d, select_modules
+    from lora_lab.quant import _check_blocksize
+
+    unknown = set(kwargs) - {"codebook", "blocksize", "double_quant", "compute_dtype"}
+    if unknown:
+        raise ValueError(f"quantize_model got unknown options {sorted(unknown)}; allowed: codebook, "
+                         "blocksize, double_quant, compute_dtype")
     get_codebook(kwargs.get("codebook", "nf4"))  # validate early
-    targets = None if target_modules == "all-linear" else tuple([target_modules] if isinstance(target_modules, str) else target_modules)
-    names = []
-    for name, module in model.named_modules():
-        linear = isinstance(module, nn.Linear) or (type(module).__name__ == "Conv1D" and hasattr(module, "nf"))
-        if not linear:
-            continue
-        if targets is None and name.split(".")[-1] != "lm_head":
-            names.append(name)
-        elif targets is not None and any(name == t or name.endswith("." + t) for t in targets):
-            names.append(name)
-    for name in names:
+    _check_blocksize(kwargs.get("blocksize", 64))
+    if not isinstance(kwargs.get("double_quant", False), bool):
+        raise ValueError(f"double_quant must be True or False, got {kwargs['double_quant']!r}")
+    dtype = kwargs.get("compute_dtype")
+    if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"compute_dtype must be None, torch.float32, torch.float16 or torch.bfloat16, "
+                         f"got {dtype!r}")
+    names = select_modules(model, target_modules,
+                           lambda m: (isinstance(m, nn.Linear) or _is_conv1d(m)) and not _is_bnb_4bit(m),
+                           what="Linear/Conv1D layers", action="quantize_model cannot quantize")
+    new = {}
+    for name in names:  # build every replacement first: an error leaves the model unchanged
+        new[name] = FrozenLinear4bit.from_linear(model.get_submodule(name), **kwargs)
+    for name, layer in new.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, FrozenLinear4bit.from_linear(getattr(parent, child), **kwargs))
+        setattr(parent, child, layer)
     return model

@@ -10,7 +10,9 @@ AdamW step with the learning rate of the schedule
 Batches depend only on (seed, step), and a checkpoint holds the trainable weights,
 the optimizer state, the step and the history, so a resumed run continues exactly
 where the interrupted one stopped. Checkpoints are written atomically (temp file,
-fsync, rename): a crash leaves the previous one intact. Ctrl-C (SIGINT) finishes the
+fsync, rename): a crash leaves the previous one intact, and hold only tensors, numbers,
+strings, lists and dicts, read back with ``torch.load(weights_only=True)`` (nothing is
+unpickled beyond those). Ctrl-C (SIGINT) finishes the
 current step, writes a checkpoint and returns with ``interrupted=True``.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import signal
 import threading
 import time
@@ -159,41 +162,111 @@ def _trainable(model) -> dict[str, torch.nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+CHECKPOINT_FORMAT = "lora_lab-checkpoint-1"
+
+
+def _plain(obj, where: str):
+    """``obj`` as what ``torch.load(weights_only=True)`` accepts: tensors, dicts, lists,
+    tuples, str, int, float, bool, None (numpy scalars become Python numbers)."""
+    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor, torch.dtype, torch.device,
+                                       torch.Size)):
+        return obj
+    if isinstance(obj, dict):
+        return {_plain(k, where): _plain(v, where) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_plain(v, where) for v in obj)
+    if isinstance(obj, list):
+        return [_plain(v, where) for v in obj]
+    if callable(getattr(obj, "item", None)) and getattr(obj, "ndim", None) == 0:  # numpy scalar
+        return obj.item()
+    raise ValueError(f"save_checkpoint: {where} holds a {type(obj).__name__}, which a checkpoint cannot "
+                     "store (only tensors, numbers, strings, lists and dicts: it is loaded with "
+                     "torch.load(weights_only=True), which refuses other objects)")
+
+
 def save_checkpoint(path: str | Path, model, optimizer, result: TrainResult, config: TrainConfig) -> Path:
-    """Write trainable weights + optimizer state + progress to ``path`` atomically."""
+    """Write trainable weights + optimizer state + progress to ``path`` atomically.
+
+    Only tensors, numbers, strings, lists and dicts are written, so that
+    :func:`load_checkpoint` can read it with ``torch.load(weights_only=True)`` (no
+    arbitrary unpickling).
+    """
+    payload = {"format": CHECKPOINT_FORMAT, "config": asdict(config), "step": result.step,
+               "trainable": {n: p.detach().cpu() for n, p in _trainable(model).items()},
+               "optimizer": optimizer.state_dict(), "losses": result.losses, "lrs": result.lrs,
+               "evals": result.evals, "rng": torch.get_rng_state()}
+    payload = {k: _plain(v, k) for k, v in payload.items()}
     buf = io.BytesIO()
-    torch.save({"format": "lora_lab-checkpoint-1", "config": asdict(config), "step": result.step,
-                "trainable": {n: p.detach().cpu() for n, p in _trainable(model).items()},
-                "optimizer": optimizer.state_dict(), "losses": result.losses, "lrs": result.lrs,
-                "evals": result.evals, "rng": torch.get_rng_state()}, buf)
+    torch.save(payload, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def _read_checkpoint(path: str | Path) -> dict:
+    """``torch.load(path, weights_only=True)``, its failures turned into clear ValueErrors."""
+    import pickle
+    import zipfile
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path must be a checkpoint file path (str or Path), got path={path!r}")
+    if not Path(path).is_file():
+        raise ValueError(f"{path} is not a readable checkpoint: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        if "weights_only" in text or "Unsupported global" in text or "global" in text.lower():
+            raise ValueError(f"{path} is not a readable checkpoint: it holds objects other than tensors, "
+                             "numbers, strings, lists and dicts, and lora_lab refuses to unpickle "
+                             f"them (torch.load(weights_only=True) said: {text.splitlines()[0]})") from None
+        raise ValueError(f"{path} is not a readable checkpoint (corrupt pickle: {text.splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError, IndexError,
+            TypeError, AttributeError) as err:  # truncated, corrupt or foreign file
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(f"{path} is not a readable checkpoint ({err.__class__.__name__}: {first}); "
+                         "it is truncated, corrupt or not a lora_lab checkpoint") from None
 
 
 def load_checkpoint(path: str | Path, model, optimizer) -> dict:
     """Restore what :func:`save_checkpoint` wrote; returns the checkpoint dict.
 
+    The file is read with ``torch.load(weights_only=True)``: tensors, numbers, strings,
+    lists and dicts only, so a file holding other objects is refused, never executed.
+    Everything is checked before the model or optimizer changes.
+
     Raises:
-        ValueError: the file is not a lora_lab checkpoint, or its trainable weights do not
-            match the model's (names or shapes), with the first difference named.
+        ValueError: the file is missing, truncated, corrupt, holds other objects or is not a
+            lora_lab checkpoint, or its trainable weights do not match the model's (names
+            or shapes), with the first difference named.
     """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or foreign file
-        raise ValueError(f"{path} is not a readable checkpoint ({err.__class__.__name__}: {err})") from err
-    if not isinstance(ckpt, dict) or ckpt.get("format") != "lora_lab-checkpoint-1":
-        raise ValueError(f"{path} is not a lora_lab checkpoint")
+    ckpt = _read_checkpoint(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a lora_lab checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
+    kinds = {"trainable": dict, "optimizer": dict, "step": int, "losses": list, "lrs": list, "evals": list}
+    for key, kind in kinds.items():
+        if not isinstance(ckpt.get(key), kind) or kind is int and (isinstance(ckpt[key], bool) or ckpt[key] < 0):
+            raise ValueError(f"{path}: checkpoint entry {key!r} must be a {kind.__name__}"
+                             f"{' >= 0' if kind is int else ''}, got {type(ckpt.get(key)).__name__}; "
+                             "the file is not a usable lora_lab checkpoint")
     params = _trainable(model)
     if set(params) != set(ckpt["trainable"]):
         diff = sorted(set(params) ^ set(ckpt["trainable"]))
         raise ValueError(f"checkpoint {path} does not match the model's trainable weights (e.g. {diff[:3]}); "
                          f"resume with the same --model, --r and --target-modules")
+    for n, p in params.items():
+        saved = ckpt["trainable"][n]
+        if not isinstance(saved, torch.Tensor) or saved.shape != p.shape:
+            got = tuple(saved.shape) if isinstance(saved, torch.Tensor) else type(saved).__name__
+            raise ValueError(f"checkpoint weight {n} has shape {got}, model has {tuple(p.shape)}")
+        if saved.dtype.is_floating_point and not torch.isfinite(saved).all():
+            raise ValueError(f"checkpoint weight {n} contains NaN/inf; the checkpoint is corrupt")
+    try:  # checks the parameter groups before changing anything
+        optimizer.load_state_dict(ckpt["optimizer"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:
+        raise ValueError(f"checkpoint {path}: its optimizer state does not fit this optimizer "
+                         f"({err.__class__.__name__}: {err})") from None
     with torch.no_grad():
         for n, p in params.items():
-            saved = ckpt["trainable"][n]
-            if saved.shape != p.shape:
-                raise ValueError(f"checkpoint weight {n} has shape {tuple(saved.shape)}, model has {tuple(p.shape)}")
-            p.copy_(saved.to(p.device, p.dtype))
-    optimizer.load_state_dict(ckpt["optimizer"])
+            p.copy_(ckpt["trainable"][n].to(p.device, p.dtype))
     return ckpt
 
 
@@ -218,7 +291,8 @@ class _StopFlag:
 
 def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig = TrainConfig(), *,
           eval_fn: Callable[[object], dict] | None = None, out_dir: str | Path | None = None,
-          resume: bool = False, progress: bool = True, optimizer=None) -> TrainResult:
+          resume: bool = False, progress: bool = True, optimizer=None,
+          step_callback: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train ``model``'s trainable parameters on ``examples``; see the module docstring.
 
     Args:
@@ -232,6 +306,8 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig = T
         resume: continue from ``out_dir/checkpoint.pt`` if it exists.
         progress: show a tqdm bar (notebook or terminal).
         optimizer: use this optimizer instead of :func:`make_optimizer`.
+        step_callback: called as ``step_callback(step, loss)`` after each step (a live plot;
+            an exception raised there stops training and propagates).
 
     Returns:
         :class:`TrainResult` (``interrupted=True`` if stopped by SIGINT, checkpoint written).
@@ -281,6 +357,8 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig = T
             result.lrs.append(lr)
             bar.update(1)
             bar.set_postfix(loss=f"{result.losses[-1]:.3f}", refresh=False)
+            if step_callback is not None:
+                step_callback(result.step, result.losses[-1])
             if eval_fn is not None and config.eval_every and result.step % config.eval_every == 0 \
                     and result.step < config.steps:
                 t_eval = time.time()
