@@ -98,6 +98,11 @@ def _grid_quant():
             yield replace(BASE, **t, method="qlora", quant_type=q)
 
 
+def _grid_update():  # adapters kept (data/experiments/adapters/<id>/) for the §7 analysis
+    for r in (8, 64):
+        yield replace(BASE, **CIPHER, targets="attn-qkv", r=r)
+
+
 GRIDS = {
     "rank": _grid_rank,
     "alpha": _grid_alpha,
@@ -105,7 +110,10 @@ GRIDS = {
     "targets": _grid_targets,
     "init": _grid_init,
     "quant": _grid_quant,
+    "update": _grid_update,
 }
+#: grids whose runs also save their adapter (PEFT format) under data/experiments/adapters/<id>/
+SAVE_ADAPTERS = ("update",)
 
 
 def grid(name: str) -> list[ExperimentConfig]:
@@ -160,11 +168,12 @@ def run_sweep(name: str, *, folder: str | Path | None = None, progress: bool = T
     configs = grid(name) if configs is None else configs
     path = results_path(name, folder)
     done = {r["id"] for r in all_records(path.parent)}  # a point another grid ran is not re-run
-    todo = [c for c in configs if c.id not in done][:limit]
+    save = name in SAVE_ADAPTERS
+    todo = [c for c in configs if c.id not in done or save and not adapter_path(c.id, folder).exists()][:limit]
     new = []
     bar = tqdm(todo, desc=f"sweep {name}", unit="run", disable=not progress)
     for config in bar:
-        record = run_experiment(config)
+        record = run_experiment(config, save_adapter_to=adapter_path(config.id, folder) if save else None)
         record["grid"] = name
         append_record(path, record)
         new.append(record)
@@ -172,9 +181,20 @@ def run_sweep(name: str, *, folder: str | Path | None = None, progress: bool = T
     return new
 
 
+def adapter_path(record_id: str, folder: str | Path | None = None) -> Path:
+    """Where a grid of :data:`SAVE_ADAPTERS` keeps the adapter of record ``record_id``."""
+    return Path(folder or RESULTS) / "adapters" / record_id
+
+
 def all_records(folder: str | Path | None = None) -> list[dict]:
-    """Every committed record, from every grid's file."""
-    return [r for p in sorted(Path(folder or RESULTS).glob("*.jsonl")) for r in read_records(p)]
+    """Every committed record, from every grid's file (one per id: the first one found)."""
+    out, seen = [], set()
+    for p in sorted(Path(folder or RESULTS).glob("*.jsonl")):
+        for r in read_records(p):
+            if r["id"] not in seen:
+                seen.add(r["id"])
+                out.append(r)
+    return out
 
 
 def find_record(record_id: str, folder: str | Path | None = None) -> dict:
