@@ -168,9 +168,12 @@ CHECKPOINT_FORMAT = "lora_lab-checkpoint-1"
 def _plain(obj, where: str):
     """``obj`` as what ``torch.load(weights_only=True)`` accepts: tensors, dicts, lists,
     tuples, str, int, float, bool, None (numpy scalars become Python numbers)."""
-    if obj is None or isinstance(obj, (bool, int, float, str, torch.Tensor, torch.dtype, torch.device,
-                                       torch.Size)):
+    if obj is None or type(obj) in (bool, int, float, str) or isinstance(
+            obj, (torch.Tensor, torch.dtype, torch.device, torch.Size)):
         return obj
+    for kind in (bool, int, float, str):  # subclasses (numpy.float64, IntEnum, ...) as the plain type
+        if isinstance(obj, kind):
+            return kind(obj)
     if isinstance(obj, dict):
         return {_plain(k, where): _plain(v, where) for k, v in obj.items()}
     if isinstance(obj, tuple):
