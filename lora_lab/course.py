@@ -32,6 +32,7 @@ CHAPTERS = (
     Chapter("03_quantization.ipynb", "4-bit quantization", "derive NF4, blockwise + double quantization; match bitsandbytes", "quant"),
     Chapter("04_memory.ipynb", "Memory hierarchy", "predict and measure what fine-tuning keeps in memory", "memory"),
     Chapter("05_qlora_gpt2.ipynb", "QLoRA on GPT-2", "quantize a GPT-2 to NF4, train adapters, measure the effect", "train"),
+    Chapter("06_experiments.ipynb", "Experiments", "test what r, alpha, targets, init and 4 bits do, from sweeps and a Run button", "experiments"),
 )
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "safetensors", "ipywidgets",
