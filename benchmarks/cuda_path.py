@@ -18,7 +18,7 @@ import torch
 def memory_check() -> None:
     from transformers import GPT2Config
 
-    from lora_lab.measure import compare
+    from lora_lab.memory.measure import compare
     print("== memory: predicted / measured on CUDA (GPT-2 small shape, random weights, 1 x 128) ==")
     for recipe in ("lora", "qlora"):
         predicted, measured = compare(GPT2Config(), recipe, r=8, batch_size=1, seq_len=128, device="cuda")
@@ -34,11 +34,11 @@ def memory_check() -> None:
 
 
 def train_check(steps: int) -> None:
-    from lora_lab.evaluate import evaluate_task
-    from lora_lab.lora import LoraConfig, add_lora, trainable_parameters
-    from lora_lab.models import load_model, load_tokenizer
-    from lora_lab.task import make_split
-    from lora_lab.train import TrainConfig, make_optimizer, train
+    from lora_lab.finetune.evaluate import evaluate_task
+    from lora_lab.lora.layer import LoraConfig, add_lora, trainable_parameters
+    from lora_lab.finetune.models import load_model, load_tokenizer
+    from lora_lab.corpus.task import make_split
+    from lora_lab.finetune.trainer import TrainConfig, make_optimizer, train
 
     tok = load_tokenizer()
     held_out, train_set = make_split("eval", 200), make_split("train", 4000)

@@ -3,7 +3,7 @@
 Prints, for each layer size and rank, the forward time of the LoRA layer unmerged and merged
 as ratios against the plain base layer measured in the same run (1.00 = no added latency),
 next to the FLOP ratio of the unmerged layer (1 + r(d_in + d_out)/(d_in·d_out)). Each time is
-the median of torch.utils.benchmark.Timer.blocked_autorange (lora_lab.scaling.time_forward).
+the median of torch.utils.benchmark.Timer.blocked_autorange (lora_lab.lora.scaling.time_forward).
 Runs on CUDA (bf16) when available, else CPU (fp32, one thread: see time_forward).
 
     python benchmarks/lora_latency.py
@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lora_lab.lora import LoRALinear
-from lora_lab.scaling import merge_flop_ratio, time_forward
+from lora_lab.lora.layer import LoRALinear
+from lora_lab.lora.scaling import merge_flop_ratio, time_forward
 
 
 def main() -> None:

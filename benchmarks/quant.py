@@ -16,7 +16,7 @@ import time
 import bitsandbytes.functional as bnbF
 import torch
 
-from lora_lab.quant import dequantize_4bit, quantize_4bit
+from lora_lab.quant.blockwise import dequantize_4bit, quantize_4bit
 
 
 def _times(fns: dict, repeats: int) -> dict:

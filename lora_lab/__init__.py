@@ -1,26 +1,25 @@
 """lora_lab: LoRA and QLoRA built from first principles, checked against PEFT and bitsandbytes.
 
-Modules, one concept each:
-    lowrank   rank, SVD, best rank-r approximation, parameter counts
-    lora      the LoRA layer, injecting it into a model, merge/unmerge
-              (baselayer: the layers it wraps; adapter_io: PEFT-format adapter files;
-              scaling: lora_alpha, rsLoRA and merge latency)
-    quant     4-bit codebooks (NF4/FP4/int4), blockwise and double quantization
-              (qlinear: the frozen 4-bit layer; quant_metrics: error metrics)
-    memory    what sits in memory during training, predicted (shapes: model presets;
-              activations: the activation model) and measured (measure)
-    course    the course map and the environment check
-    stories   the pretraining corpus of the shipped GPT-2 (story_words: its vocabulary;
-              facts: what each story states and the questions it answers)
-    task      the fine-tuning task: question answering in a format the base never saw
-    models    load_model: the shipped GPT-2 or a Hub name, fp or 4-bit (bitsandbytes / lora_lab)
-    train     the training loop (warm-up + decay, clipping, checkpoints, resume)
-    evaluate  generation, exact match, perplexity
-    recipe    QLoRA / LoRA / full fine-tuning as one recipe, with predicted and measured memory
-    cli       `python -m lora_lab qlora`
-    plots/    figures (each function returns a matplotlib Figure)
-    widgets/  thin ipywidgets explorers over the functions above
-    exercises/ checkers for the end-of-chapter exercises
+One folder per chapter; each holds its compute, plots, widgets and exercises, and its
+``__init__`` re-exports the chapter's public API (``from lora_lab.lora import add_lora``):
+
+    course       the chapter map and the environment check                     (ch 00)
+    rank/        lowrank: rank, SVD, best rank-r approximation, parameter counts (ch 01)
+    lora/        layer (LoraConfig, LoRALinear, add/merge), baselayer (the layers it
+                 wraps), io (PEFT-format adapter files), scaling (lora_alpha, rsLoRA,
+                 merge latency)                                                 (ch 02)
+    quant/       blockwise (codebooks NF4/FP4/int4, blockwise + double quantization),
+                 blockwise8 (8-bit optimizer state), linear4bit (the frozen 4-bit layer),
+                 metrics (quantization error)                                   (ch 03)
+    memory/      shapes (model presets), activations, predict (what training holds in
+                 memory), measure (the same, measured)                          (ch 04)
+    finetune/    models (load the shipped GPT-2 or a Hub name, fp or 4-bit), train,
+                 evaluate, recipe (QLoRA / LoRA / full fine-tuning as one recipe) (ch 05)
+    experiments/ the sweep engine, grids, analysis and explorer                 (ch 06)
+    corpus/      the course's data: words, facts, stories, task
+    cli          ``python -m lora_lab qlora | sweep``
+    _util        shared mechanisms (validation, atomic writes, module replacement, ...)
+    _widgets, _exercises   the base of every explorer and of every exercise checker
 """
 
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from lora_lab.fileio import atomic_write_text
+from lora_lab._util import atomic_write_text
 
 EXIT_INTERRUPTED = 130
 
@@ -75,12 +75,12 @@ def _mb(n: int) -> str:
 
 def run_qlora(args, out=print) -> int:
     """Run the recipe described by parsed ``args``; returns the process exit code."""
-    from lora_lab.evaluate import evaluate_task
-    from lora_lab.lora import LoraConfig, save_adapter, trainable_report
-    from lora_lab.models import load_tokenizer, model_bytes
-    from lora_lab.recipe import memory_report, prepare_model
-    from lora_lab.task import make_split
-    from lora_lab.train import TrainConfig, encode_examples, train
+    from lora_lab.finetune.evaluate import evaluate_task
+    from lora_lab.lora.layer import LoraConfig, save_adapter, trainable_report
+    from lora_lab.finetune.models import load_tokenizer, model_bytes
+    from lora_lab.finetune.recipe import memory_report, prepare_model
+    from lora_lab.corpus.task import make_split
+    from lora_lab.finetune.trainer import TrainConfig, encode_examples, train
 
     t0 = time.time()
     lora_config = None if args.method == "full" else LoraConfig(
@@ -172,7 +172,7 @@ def run_sweep_command(args, out=print) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from lora_lab.models import ModelLoadError
+    from lora_lab.finetune.models import ModelLoadError
 
     try:
         return run_sweep_command(args) if args.command == "sweep" else run_qlora(args)

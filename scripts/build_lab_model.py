@@ -4,7 +4,7 @@
     python scripts/build_lab_model.py --steps 200 --stories 20000 --out /tmp/tiny   # a quick try
 
 Steps, all seeded:
-  1. generate the pretraining corpus: stories from lora_lab.stories (with recall sentences,
+  1. generate the pretraining corpus: stories from lora_lab.corpus.stories (with recall sentences,
      the copying practice the fine-tuning task leans on);
   2. train a byte-level BPE tokenizer on it with `tokenizers` (GPT-2's scheme, small vocab);
   3. pack stories into blocks of n_positions tokens, each story after an <|endoftext|>;
@@ -34,8 +34,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lora_lab.stories import pretraining_text  # noqa: E402
-from lora_lab.task import make_split  # noqa: E402
+from lora_lab.corpus.stories import pretraining_text  # noqa: E402
+from lora_lab.corpus.task import make_split  # noqa: E402
 
 EOS = "<|endoftext|>"
 
@@ -203,7 +203,7 @@ def measure(args) -> dict:
     """Step 5 on the saved model: held-out loss, the copying probe, the task before fine-tuning."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lora_lab.evaluate import evaluate_task
+    from lora_lab.finetune.evaluate import evaluate_task
 
     model = AutoModelForCausalLM.from_pretrained(args.out).to(args.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.out)

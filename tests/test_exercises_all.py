@@ -2,7 +2,7 @@
 
 Per-chapter tests (tests/test_exercises_<chapter>.py, tests/test_<chapter>_exercises.py) check
 the right answers and the hint for each typical mistake. This file checks, for every
-``check_exercise_*`` in ``lora_lab/exercises/`` and every chapter notebook:
+``check_exercise_*`` in a chapter's ``lora_lab/<chapter>/exercises.py`` and every chapter notebook:
 
 - each chapter (01 and on) ends with exercises that call a library checker;
 - each checker is used by a notebook and unit-tested somewhere under tests/;
@@ -13,6 +13,7 @@ the right answers and the hint for each typical mistake. This file checks, for e
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import math
 import pkgutil
@@ -24,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import lora_lab.exercises as exercises_pkg
-from lora_lab.exercises import ExerciseResult
+import lora_lab
+from lora_lab._exercises import ExerciseResult
 
 REPO = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(p for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb") if not p.name.startswith("00_"))
@@ -33,8 +34,11 @@ CHAPTERS = sorted(p for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb") if 
 
 def discover_checkers():
     found = []
-    for info in pkgutil.iter_modules(exercises_pkg.__path__):
-        module = importlib.import_module(f"{exercises_pkg.__name__}.{info.name}")
+    chapters = [info.name for info in pkgutil.iter_modules(lora_lab.__path__) if info.ispkg]
+    for chapter in chapters:
+        if importlib.util.find_spec(f"lora_lab.{chapter}.exercises") is None:
+            continue
+        module = importlib.import_module(f"lora_lab.{chapter}.exercises")
         found += [fn for name, fn in inspect.getmembers(module, inspect.isfunction)
                   if name.startswith("check_exercise_") and fn.__module__ == module.__name__]
     return found
@@ -67,7 +71,7 @@ def test_checkers_are_found():
 def test_every_chapter_ends_with_checked_exercises(notebook):
     nb = nbformat.read(notebook, as_version=4)
     calls = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and re.search(r"check_exercise_\w+\(", c.source)]
-    assert calls, f"{notebook.name} has no exercise checked by a lora_lab.exercises check_exercise_* function"
+    assert calls, f"{notebook.name} has no exercise checked by a library check_exercise_* function"
     headings = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and re.search(r"^#+ .*exercise", c.source, re.I | re.M)]
     assert headings and headings[-1] < calls[0], f"{notebook.name}: exercises should sit under an 'Exercises' heading"
     code_after = [c for c in nb.cells[calls[-1] + 1:] if c.cell_type == "code" and c.source.strip()]
@@ -83,7 +87,7 @@ def test_every_checker_is_used_by_a_notebook(checker):
 @pytest.mark.parametrize("checker", CHECKERS, ids=IDS)
 def test_every_checker_has_its_own_unit_tests(checker):
     this = Path(__file__).name
-    tests = [p.name for p in (REPO / "tests").glob("test_*.py")
+    tests = [p.name for p in (REPO / "tests").rglob("test_*.py")
              if p.name != this and re.search(rf"\b{checker.__name__}\b", p.read_text())]
     assert tests, f"{checker.__name__} is not referenced by any unit test (test its right and wrong answers)"
 

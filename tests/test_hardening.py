@@ -17,11 +17,11 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from lora_lab import train as train_mod
-from lora_lab.baselayer import check_target_modules, select_targets, target_matches
-from lora_lab.lora import (LoraConfig, LoRALinear, add_lora, find_target_modules, lora_layers,
+from lora_lab.finetune import trainer as train_mod
+from lora_lab.lora.baselayer import check_target_modules, select_targets, target_matches
+from lora_lab.lora.layer import (LoraConfig, LoRALinear, add_lora, find_target_modules, lora_layers,
                            merge_lora)
-from lora_lab.quant import check_quantized, dequantize_4bit, quantize_4bit
+from lora_lab.quant.blockwise import check_quantized, dequantize_4bit, quantize_4bit
 
 peft = pytest.importorskip("peft")
 
@@ -428,9 +428,11 @@ def test_string_that_peft_rejects_is_rejected_with_a_hint(targets):
 
 def test_one_helper_everywhere():
     """add_lora, quantize_model and the memory prediction select the same layers."""
-    from lora_lab import lora, memory, qlinear
-    from lora_lab.qlinear import FrozenLinear4bit, quantize_model
-    from lora_lab.shapes import shape_from_config
+    from lora_lab.lora import layer as lora
+    from lora_lab.memory import predict as memory
+    from lora_lab.quant import linear4bit as qlinear
+    from lora_lab.quant.linear4bit import FrozenLinear4bit, quantize_model
+    from lora_lab.memory.shapes import shape_from_config
     for mod in (lora, qlinear, memory):
         src = open(mod.__file__).read()
         assert "select_targets" in src or "select_modules" in src
@@ -452,7 +454,7 @@ def test_one_helper_everywhere():
 
 def test_memory_predictions_unchanged_for_the_notebook_inputs():
     """The numbers chapter 04 prints (computed before the change)."""
-    from lora_lab.memory import training_memory
+    from lora_lab.memory.predict import training_memory
     for args, total in [(("gpt2", "lora", ("c_attn",)), 584_102_500), (("gpt2", "qlora", ("c_attn",)), 458_100_676),
                         (("llama-2-7b", "lora", ("q_proj", "v_proj")), 15_910_973_956),
                         (("llama-2-7b", "qlora", ("q_proj", "v_proj")), 6_299_978_628),
@@ -464,7 +466,7 @@ def test_memory_predictions_unchanged_for_the_notebook_inputs():
 
 
 def test_quantize_model_bad_targets_change_nothing():
-    from lora_lab.qlinear import quantize_model
+    from lora_lab.quant.linear4bit import quantize_model
     model = tiny_gpt2()
     snap = snapshot(model)
     for targets, match in [(["q_proj"], "'q_proj' matches no module"), ("c_attn", "regex"),

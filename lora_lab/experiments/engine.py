@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 
-from lora_lab.evaluate import evaluate_task, perplexity
+from lora_lab.finetune.evaluate import evaluate_task, perplexity
 from lora_lab.experiments.tasks import MIN_K, make_cipher_split
-from lora_lab.lora import LoraConfig, add_lora, lora_layers
-from lora_lab.models import load_model, load_tokenizer
-from lora_lab.qlinear import quantize_model
-from lora_lab.stories import iter_corpus
-from lora_lab.task import make_split
-from lora_lab.train import TrainConfig, collate, encode_examples, train
+from lora_lab.lora.layer import LoraConfig, add_lora, lora_layers
+from lora_lab.finetune.models import load_model, load_tokenizer
+from lora_lab.quant.linear4bit import quantize_model
+from lora_lab.corpus.stories import iter_corpus
+from lora_lab.corpus.task import make_split
+from lora_lab.finetune.trainer import TrainConfig, collate, encode_examples, train
 
 TASKS = ("qa", "cipher")
 METHODS = ("lora", "qlora", "full")
@@ -66,7 +66,7 @@ class ExperimentConfig:
         targets: a key of :data:`TARGETS` ("all-linear", "attention", "mlp", "attn-qkv").
         init: "kaiming" (PEFT's default: A Kaiming-uniform, B = 0), "gaussian"
             (A ~ N(0, (1/r)²), B = 0) or "random" (A and B both random).
-        lr, steps, batch_size, warmup_steps: the schedule of :func:`lora_lab.train.train`.
+        lr, steps, batch_size, warmup_steps: the schedule of :func:`lora_lab.finetune.trainer.train`.
         optimizer: "adamw" or "sgd" (plain SGD, to contrast α under Adam and SGD).
         seed: seeds init, batch order and dropout.
         train_examples, eval_examples: sizes of the training pool and held-out set.
@@ -186,7 +186,7 @@ def story_loss(model, tokenizer, n: int = 64) -> float:
 
 def _weights(model) -> dict[str, torch.Tensor]:
     """The dense weight (out, in) of every block linear, as W (dequantized for 4-bit bases)."""
-    from lora_lab.baselayer import get_weight, is_wrappable
+    from lora_lab.lora.baselayer import get_weight, is_wrappable
 
     out = {}
     for name, module in model.named_modules():
@@ -201,7 +201,7 @@ def update_norms(model, before: dict[str, torch.Tensor] | None = None) -> dict[s
     if before is not None:
         now = _weights(model)
         return {n: float((now[n] - w).norm() / w.norm()) for n, w in before.items()}
-    from lora_lab.baselayer import get_weight
+    from lora_lab.lora.baselayer import get_weight
 
     return {n: float(layer.delta_weight().detach().float().norm() / get_weight(layer.base_layer).float().norm())
             for n, layer in lora_layers(model)}
@@ -301,7 +301,7 @@ def run_experiment(config: ExperimentConfig, *, tokenizer=None, progress: bool =
     if config.method == "full":
         record["delta_spectra"] = delta_spectra(model, before)
     if save_adapter_to is not None and config.method != "full":
-        from lora_lab.lora import save_adapter
+        from lora_lab.lora.layer import save_adapter
 
         save_adapter(model, save_adapter_to, config.lora_config(), base_model_name_or_path=MODEL)
     return record

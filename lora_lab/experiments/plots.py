@@ -9,7 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from lora_lab.experiments.analysis import Point
-from lora_lab.plots.rank import _figure
+from lora_lab.rank.plots import _figure
 
 
 def plot_points(lines: Mapping[str, Sequence[Point]], x: str, *, logx: bool = True, base: int = 2,

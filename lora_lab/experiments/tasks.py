@@ -1,6 +1,6 @@
 """A second task whose difficulty needs rank: the name cipher of K names.
 
-The chapter-05 task (:mod:`lora_lab.task`) is a *format* change: the base model can
+The chapter-05 task (:mod:`lora_lab.corpus.task`) is a *format* change: the base model can
 already read a story and copy the right name out of it, so a rank-1 adapter solves it.
 The cipher task keeps that skill and adds a *table* to learn::
 
@@ -15,7 +15,7 @@ scores 1/K). The adapter must store K new associations name → π(name): at the
 layer that is a map between K token directions, whose rank grows with K. So accuracy vs
 r rises and saturates at an r that moves with K, which the chapter-05 task cannot show.
 
-Splits are deterministic and disjoint as in :mod:`lora_lab.task` (streams "cipher-train"
+Splits are deterministic and disjoint as in :mod:`lora_lab.corpus.task` (streams "cipher-train"
 and "cipher-eval"); π depends only on K and ``cipher_seed``.
 """
 
@@ -25,10 +25,10 @@ import random
 import re
 from functools import lru_cache
 
-from lora_lab.facts import questions
-from lora_lab.stories import make_story, story_rng
-from lora_lab.story_words import ANIMALS, COLOURS, FEELINGS, NAMES, OBJECTS, PLACES
-from lora_lab.task import SPLITS, Example
+from lora_lab.corpus.facts import questions
+from lora_lab.corpus.stories import make_story, story_rng
+from lora_lab.corpus.words import ANIMALS, COLOURS, FEELINGS, NAMES, OBJECTS, PLACES
+from lora_lab.corpus.task import SPLITS, Example
 
 CIPHER_TEMPLATE = "{story}\nQuestion: {question}\nCipher:"
 NAME_QTYPES = ("who", "giver", "recipient")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lora_lab.lowrank import _svd
+from lora_lab.rank.lowrank import _svd
 
 
 def _right_vectors(A: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ outputs, move each control of each explorer. For each notebook in ``notebooks/``
    (``notebook:run-cell``, the command behind the Run button), failing on the first cell
    whose output is an error, and on any widget that cannot be displayed;
 2. finds every explorer in the page. Explorers are built by
-   ``lora_lab.widgets._base.build_explorer``: a VBox whose last three children are
+   ``lora_lab._widgets.build_explorer``: a VBox whose last three children are
    [controls VBox, readout HTML, plot Output]. Every cell that calls a ``*_explorer(...)``
    function as its last expression must show one, and every widget control on the page
    must belong to an explorer (a control outside one would go unchecked, so it fails);

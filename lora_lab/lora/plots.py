@@ -1,0 +1,55 @@
+"""Figures for the LoRA-layer chapter. Each function returns a Figure and shows nothing."""
+
+from __future__ import annotations
+
+from matplotlib.figure import Figure
+
+from lora_lab.lora.scaling import scaling_curves, update_norm_vs_rank
+
+
+def _axes(ax, figsize=(6, 3.6)):
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
+
+
+def plot_scaling_vs_rank(ranks, lora_alpha: float = 16, *, mark_r: int | None = None,
+                         ax=None) -> Figure:
+    """scaling = α/r and α/√r (rsLoRA) against r, on log axes."""
+    fig, ax = _axes(ax)
+    curves = scaling_curves(ranks, lora_alpha)
+    ax.plot(ranks, curves["lora"], "o-", label="LoRA: α / r")
+    ax.plot(ranks, curves["rslora"], "s-", label="rsLoRA: α / √r")
+    if mark_r is not None:
+        ax.axvline(mark_r, color="grey", ls=":", label=f"r = {mark_r}")
+    ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="scaling",
+           title=f"How the update is scaled (lora_alpha = {lora_alpha:g})")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_update_norm_vs_rank(ranks, lora_alpha: float = 16, *, d: int = 256, seed: int = 0,
+                             ax=None) -> Figure:
+    """‖ΔW‖_F against r for random adapters: α/r shrinks the update as r grows, α/√r does not."""
+    fig, ax = _axes(ax)
+    norms = update_norm_vs_rank(ranks, lora_alpha, d=d, seed=seed)
+    ax.plot(ranks, norms["lora"], "o-", label="α / r")
+    ax.plot(ranks, norms["rslora"], "s-", label="α / √r (rsLoRA)")
+    ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="‖ΔW‖_F",
+           title="Size of the update for adapters of the same entry size")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_alpha_effect(effect, *, ax=None) -> Figure:
+    """Bars: ‖W‖_F of the frozen layer beside ‖ΔW‖_F of the adapter, with the output shift."""
+    fig, ax = _axes(ax, figsize=(5, 3.2))
+    ax.bar(["‖W‖ (frozen)", "‖ΔW‖ (adapter)"], [effect.weight_norm, effect.delta_norm],
+           color=["#999999", "#d62728"])
+    ax.set(ylabel="Frobenius norm",
+           title=f"r={effect.r}, α={effect.lora_alpha:g}: output moves {100 * effect.output_shift:.1f}%")
+    fig.tight_layout()
+    return fig

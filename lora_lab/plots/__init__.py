@@ -1,1 +1,0 @@
-"""Plot functions, one module per chapter. Each returns a matplotlib Figure and never shows it."""

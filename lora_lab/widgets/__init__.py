@@ -1,1 +1,0 @@
-"""Thin ipywidgets explorers, one module per chapter: controls -> compute_* -> plot_*."""

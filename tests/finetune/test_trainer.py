@@ -1,0 +1,162 @@
+"""The training loop: schedule, batches, masking, a step that learns, checkpoints, resume, SIGINT."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from lora_lab.finetune import trainer as train_mod
+from lora_lab.lora.layer import LoraConfig, add_lora
+from lora_lab.finetune.models import load_model, load_tokenizer
+from lora_lab.corpus.task import make_split
+from lora_lab.finetune.trainer import (CHECKPOINT, TrainConfig, batch_indices, collate, encode_examples, load_checkpoint,
+                            lr_at, make_optimizer, save_checkpoint, train)
+
+EXAMPLES = make_split("train", 48)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+def lora_model(r=2, seed=0):
+    model = load_model(device="cpu")
+    return add_lora(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=("c_attn",)),
+                    generator=torch.Generator().manual_seed(seed))
+
+
+def adapter_weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("field, value", [("steps", 0), ("batch_size", -1), ("lr", 0.0), ("lr", float("nan")),
+                                          ("warmup_steps", -1), ("min_lr_ratio", 1.5), ("max_grad_norm", 0),
+                                          ("optimizer", "sgd"), ("steps", 2.5)])
+def test_config_rejects_bad_values(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**{field: value})
+
+
+def test_schedule_warms_up_then_decays():
+    c = TrainConfig(steps=100, lr=1e-2, warmup_steps=10, min_lr_ratio=0.1)
+    lrs = [lr_at(t, c) for t in range(100)]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[9] == pytest.approx(1e-2)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lr_at(100, c) == pytest.approx(1e-3)
+
+
+def test_batches_depend_only_on_seed_and_step_and_cover_each_epoch():
+    lengths = [(i * 37) % 50 + 10 for i in range(64)]
+    epoch = [i for s in range(8) for i in batch_indices(s, lengths, 8, seed=3)]
+    assert sorted(epoch) == list(range(64))
+    assert batch_indices(5, lengths, 8, 3) == batch_indices(5, lengths, 8, 3)
+    assert batch_indices(5, lengths, 8, 3) != batch_indices(5, lengths, 8, 4)
+
+
+def test_only_the_answer_is_learned(tok):
+    (ids, labels), = encode_examples(tok, EXAMPLES[:1])
+    learned = [i for i, y in zip(ids, labels) if y != -100]
+    assert tok.decode(learned) == EXAMPLES[0].completion + tok.eos_token
+    assert ids[0] == tok.eos_token_id and len(ids) == len(labels)
+
+
+def test_one_step_lowers_the_loss_on_a_fixed_batch(tok):
+    model = lora_model(r=4)
+    batch = collate(encode_examples(tok, EXAMPLES[:8]), tok.pad_token_id, "cpu")
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], TrainConfig(lr=1e-3))
+    before = model(**batch).loss
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = model(**batch).loss
+    assert after < before
+
+
+def test_resume_continues_exactly(tok, tmp_path):
+    cfg = TrainConfig(steps=6, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=3)
+    straight = lora_model()
+    train(straight, tok, EXAMPLES, TrainConfig(**{**cfg.__dict__, "checkpoint_every": 0}), progress=False)
+    half = lora_model()
+    r1 = train(half, tok, EXAMPLES, TrainConfig(**{**cfg.__dict__, "steps": 3}), out_dir=tmp_path, progress=False)
+    resumed = lora_model()  # a fresh process would rebuild the model the same way
+    r2 = train(resumed, tok, EXAMPLES, cfg, out_dir=tmp_path, resume=True, progress=False)
+    assert r1.step == 3 and r2.start_step == 3 and r2.step == 6
+    assert r2.losses[:3] == r1.losses and len(r2.losses) == 6
+    for (n, a), b in zip(adapter_weights(straight).items(), adapter_weights(resumed).values()):
+        assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_sigint_stops_after_the_step_and_writes_a_checkpoint(tok, tmp_path):
+    model = lora_model()
+
+    def interrupt(m):  # called after step 2: as if the user pressed Ctrl-C then
+        os.kill(os.getpid(), signal.SIGINT)
+        return {}
+
+    cfg = TrainConfig(steps=8, batch_size=4, eval_every=2, checkpoint_every=100)
+    result = train(model, tok, EXAMPLES, cfg, eval_fn=interrupt, out_dir=tmp_path, progress=False)
+    assert result.interrupted and result.step == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    ckpt = torch.load(tmp_path / CHECKPOINT, weights_only=False)
+    assert ckpt["step"] == 2
+    again = train(lora_model(), tok, EXAMPLES, cfg, out_dir=tmp_path, resume=True, progress=False)
+    assert again.start_step == 2 and again.step == 8 and not again.interrupted
+
+
+def test_checkpoint_is_never_half_written(tok, tmp_path, monkeypatch):
+    model = lora_model()
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], TrainConfig())
+    result = train_mod.TrainResult(step=1)
+    path = save_checkpoint(tmp_path / CHECKPOINT, model, opt, result, TrainConfig())
+    good = path.read_bytes()
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(os, "replace", crash)
+    result.step = 2
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / CHECKPOINT, model, opt, result, TrainConfig())
+    monkeypatch.undo()
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT]  # no temp file left behind
+    assert load_checkpoint(path, model, opt)["step"] == 1
+
+
+def test_corrupt_or_mismatched_checkpoint(tok, tmp_path):
+    model = lora_model()
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], TrainConfig())
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        load_checkpoint(bad, model, opt)
+    save_checkpoint(tmp_path / CHECKPOINT, model, opt, train_mod.TrainResult(), TrainConfig())
+    other = lora_model(r=4)
+    with pytest.raises(ValueError, match="shape"):
+        load_checkpoint(tmp_path / CHECKPOINT, other, make_optimizer(
+            [p for p in other.parameters() if p.requires_grad], TrainConfig()))
+
+
+def test_train_rejects_bad_calls(tok, tmp_path):
+    with pytest.raises(ValueError, match="trainable"):
+        train(_frozen(), tok, EXAMPLES, TrainConfig(steps=1), progress=False)
+    with pytest.raises(ValueError, match="out_dir"):
+        train(lora_model(), tok, EXAMPLES, TrainConfig(steps=1, checkpoint_every=1), progress=False)
+    with pytest.raises(ValueError, match="CUDA"):
+        make_optimizer([torch.nn.Parameter(torch.zeros(2))], TrainConfig(optimizer="paged_adamw_8bit"))
+
+
+def _frozen():
+    model = load_model()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def test_gradient_checkpointing_gives_the_same_step(tok):
+    cfg = TrainConfig(steps=2, batch_size=4, warmup_steps=1)
+    a, b = lora_model(), lora_model()
+    ra = train(a, tok, EXAMPLES, cfg, progress=False)
+    rb = train(b, tok, EXAMPLES, TrainConfig(**{**cfg.__dict__, "gradient_checkpointing": True}), progress=False)
+    assert ra.losses == pytest.approx(rb.losses, rel=1e-4)

@@ -1,0 +1,208 @@
+"""Adapter files (issue 11, items 1 and 2): adapters with trained biases load into a fresh
+base, the recorded task_type fits the model so PEFT loads it, and bad inputs change nothing."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
+from transformers.pytorch_utils import Conv1D
+
+from lora_lab.lora.io import infer_task_type
+from lora_lab.lora.layer import LoraConfig, add_lora, load_adapter, lora_layers, save_adapter
+
+peft = pytest.importorskip("peft")
+
+
+class MLP(nn.Module):
+    """PEFT's test MLP (tests/test_custom_models.py), shortened."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin0 = nn.Linear(10, 20)
+        self.relu = nn.ReLU()
+        self.lin1 = nn.Linear(20, 2)
+
+    def forward(self, x):
+        return self.lin1(self.relu(self.lin0(x)))
+
+
+class ModelConv1D(nn.Module):
+    """PEFT's Embedding + Conv1D test model, shortened."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(100, 5)
+        self.conv1d = Conv1D(1, 5)
+        self.lin0 = nn.Linear(10, 2)
+
+    def forward(self, x):
+        return self.lin0(self.conv1d(self.emb(x)).flatten(1))
+
+
+def tiny_gpt2(seed=0):
+    torch.manual_seed(seed)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=16,
+                                      bos_token_id=0, eos_token_id=0)).eval()
+
+
+def fresh(kind, seed=0):
+    torch.manual_seed(seed)
+    return {"mlp": MLP, "conv1d": ModelConv1D}[kind]().eval() if kind != "gpt2" else tiny_gpt2(seed)
+
+
+INPUTS = {"mlp": lambda: torch.randn(4, 10, generator=torch.Generator().manual_seed(1)),
+          "conv1d": lambda: torch.randint(0, 100, (4, 10), generator=torch.Generator().manual_seed(1)),
+          "gpt2": lambda: torch.randint(0, 97, (2, 8), generator=torch.Generator().manual_seed(1))}
+TARGETS = {"mlp": ["lin0"], "conv1d": ["conv1d", "lin0"], "gpt2": ["c_attn", "c_fc"]}
+
+
+def _out(model, kind):
+    with torch.no_grad():
+        out = model(INPUTS[kind]())
+    return out.logits if hasattr(out, "logits") else out
+
+
+def _train_biases_and_B(model, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.requires_grad:  # lora_B (zero at init) and the biases that train
+                p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+# ------------------------------------------------------------------ 1. bias="all" / "lora_only"
+
+@pytest.mark.parametrize("kind", ["mlp", "conv1d", "gpt2"])
+@pytest.mark.parametrize("bias", ["all", "lora_only"])
+def test_bias_adapter_saved_by_lora_lab_loads_into_fresh_base(tmp_path, kind, bias):
+    ours = _train_biases_and_B(add_lora(fresh(kind), LoraConfig(r=2, target_modules=TARGETS[kind], bias=bias)))
+    save_adapter(ours, tmp_path / "a")
+    keys = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    assert any(k.endswith(".base_layer.bias") for k in keys)
+    loaded = load_adapter(fresh(kind), tmp_path / "a")  # before: "... has no place in the model"
+    assert torch.equal(_out(loaded, kind), _out(ours, kind))
+    assert _out(loaded, kind).sub(_out(fresh(kind), kind)).abs().max() > 1e-3
+    trains = {n for n, p in loaded.named_parameters() if p.requires_grad}
+    assert trains == {n for n, p in ours.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv1d", "gpt2"])
+@pytest.mark.parametrize("bias", ["all", "lora_only"])
+def test_bias_adapter_saved_by_peft_loads_into_fresh_base(tmp_path, kind, bias):
+    ref = peft.get_peft_model(fresh(kind), peft.LoraConfig(r=2, target_modules=TARGETS[kind], bias=bias,
+                                                           init_lora_weights=False))
+    _train_biases_and_B(ref)
+    ref.save_pretrained(tmp_path / "p")
+    keys = load_file(tmp_path / "p" / "adapter_model.safetensors")
+    assert any(k.endswith(".base_layer.bias") for k in keys)
+    loaded = load_adapter(fresh(kind), tmp_path / "p")
+    with torch.no_grad():
+        want = ref(INPUTS[kind]())
+    want = want.logits if hasattr(want, "logits") else want
+    torch.testing.assert_close(_out(loaded, kind), want, atol=1e-6, rtol=1e-6)
+
+
+def test_bias_adapter_also_fills_existing_lora_layers(tmp_path):
+    ours = _train_biases_and_B(add_lora(fresh("mlp"), LoraConfig(r=2, target_modules=["lin0"], bias="all")))
+    save_adapter(ours, tmp_path / "a")
+    target = add_lora(fresh("mlp"), LoraConfig(r=2, target_modules=["lin0"], bias="all"),
+                      generator=torch.Generator().manual_seed(9))  # other A, B = 0, untrained biases
+    load_adapter(target, tmp_path / "a")
+    assert torch.equal(_out(target, "mlp"), _out(ours, "mlp"))
+
+
+def test_bias_tensor_of_wrong_shape_or_nan_changes_nothing(tmp_path):
+    ours = _train_biases_and_B(add_lora(fresh("mlp"), LoraConfig(r=2, target_modules=["lin0"], bias="all")))
+    folder = save_adapter(ours, tmp_path / "a")
+    file = folder / "adapter_model.safetensors"
+    good = load_file(file)
+    for key, value, match in [("base_model.model.lin0.base_layer.bias", torch.zeros(7), r"shape \(7,\).*\(20,\)"),
+                              ("base_model.model.lin1.bias", torch.full((2,), float("nan")), "NaN/inf"),
+                              ("base_model.model.lin9.bias", torch.zeros(2), "no place in the model")]:
+        save_file({**good, key: value}, file)
+        model = fresh("mlp")
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(ValueError, match=match):
+            load_adapter(model, folder)
+        assert not list(lora_layers(model))
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+# ------------------------------------------------------------------ 2. task_type
+
+@pytest.mark.parametrize("kind,expected", [("mlp", None), ("conv1d", None), ("gpt2", "CAUSAL_LM")])
+def test_task_type_fits_and_peft_loads_it(tmp_path, kind, expected):
+    ours = _train_biases_and_B(add_lora(fresh(kind), LoraConfig(r=2, target_modules=TARGETS[kind])))
+    save_adapter(ours, tmp_path / "a")
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert cfg["task_type"] == expected  # before: always "CAUSAL_LM"
+    ref = peft.PeftModel.from_pretrained(fresh(kind), tmp_path / "a").eval()  # before: AttributeError for MLP
+    with torch.no_grad():
+        got = ref(INPUTS[kind]()) if kind != "gpt2" else ref(input_ids=INPUTS[kind]()).logits
+    torch.testing.assert_close(got, _out(ours, kind), atol=1e-6, rtol=1e-6)
+    if expected == "CAUSAL_LM":
+        assert isinstance(ref, peft.PeftModelForCausalLM)
+
+
+def test_infer_task_type():
+    assert infer_task_type(tiny_gpt2()) == "CAUSAL_LM"
+    assert infer_task_type(GPT2Model(GPT2Config(n_layer=1, n_embd=16, n_head=2))) is None  # no LM head
+    assert infer_task_type(MLP()) is None
+
+
+def test_task_type_can_be_set(tmp_path):
+    ours = add_lora(fresh("mlp"), LoraConfig(r=2, target_modules=["lin0"]))
+    save_adapter(ours, tmp_path / "a", task_type="FEATURE_EXTRACTION")
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["task_type"] == "FEATURE_EXTRACTION"
+
+
+# ------------------------------------------------------------------ bad inputs: ValueError, nothing written
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(task_type="CAUSAL"), r"task_type must be 'auto', None or one of .*task_type='CAUSAL'"),
+    (dict(config={"r": 2}), r"config must be a lora_lab LoraConfig, got dict"),
+    (dict(base_model_name_or_path=3), r"base_model_name_or_path must be a string or None, got 3"),
+])
+def test_save_adapter_bad_arguments_write_nothing(tmp_path, kwargs, match):
+    ours = add_lora(fresh("mlp"), LoraConfig(r=2, target_modules=["lin0"]))
+    with pytest.raises(ValueError, match=match):
+        save_adapter(ours, tmp_path / "a", **kwargs)
+    assert not (tmp_path / "a").exists()
+
+
+def test_save_adapter_onto_a_file_or_bad_path(tmp_path):
+    ours = add_lora(fresh("mlp"), LoraConfig(r=2, target_modules=["lin0"]))
+    file = tmp_path / "notes.txt"
+    file.write_text("keep me")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        save_adapter(ours, file)
+    assert file.read_text() == "keep me"
+    for bad in (None, 3, ""):
+        with pytest.raises(ValueError, match="path must be a folder path"):
+            save_adapter(ours, bad)
+    with pytest.raises(ValueError, match="model must be a torch.nn.Module"):
+        save_adapter("model", tmp_path / "b")
+
+
+def test_load_adapter_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="model must be a torch.nn.Module, got str"):
+        load_adapter("gpt2", tmp_path)
+    with pytest.raises(ValueError, match="path must be an adapter folder"):
+        load_adapter(fresh("mlp"), None)
+
+
+def test_saved_targets_select_exactly_the_wrapped_layers(tmp_path):
+    """The target_modules written are short names only when PEFT's rule, applied to them,
+    selects exactly the wrapped layers."""
+    model = add_lora(tiny_gpt2(), LoraConfig(r=2, target_modules=r".*\.0\.attn\.c_attn"))
+    save_adapter(model, tmp_path / "a")
+    cfg = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert cfg["target_modules"] == ["transformer.h.0.attn.c_attn"]
+    ref = peft.PeftModel.from_pretrained(tiny_gpt2(), tmp_path / "a")
+    from peft.tuners.lora import LoraLayer
+    assert [n for n, m in ref.named_modules() if isinstance(m, LoraLayer)] == [
+        "base_model.model.transformer.h.0.attn.c_attn"]
