@@ -37,7 +37,7 @@ endif
 NBVAL_CPU ?= OMP_NUM_THREADS=1 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 NBVAL     := $(if $(UNPINNED),--nbval-lax,--nbval) --nbval-sanitize-with notebooks/sanitize.cfg
 
-.PHONY: lab lab-headless test unit browser notebooks demo model bench lock clean-venv
+.PHONY: lab lab-headless test lint unit browser notebooks demo model bench lock clean-venv
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,12 +65,16 @@ lab-headless: $(STAMP)
 	$(BIN)/jupyter lab $(LAB_FLAGS) --no-browser --ip=0.0.0.0 --port=$(PORT) \
 	  $(if $(TOKEN),--IdentityProvider.token=$(TOKEN)) notebooks/00_welcome.ipynb
 
-# Unit and browser tests (default CPU settings), then one nbval pass over the notebooks under
-# NBVAL_CPU (above); both always run, and the target fails if either did.
+# ruff (lint + import order), unit and browser tests (default CPU settings), then one nbval pass
+# over the notebooks under NBVAL_CPU (above); all always run, and the target fails if any did.
 test: $(STAMP)
+	$(BIN)/ruff check .; lint=$$?; \
 	$(BIN)/python -m pytest tests; unit=$$?; \
 	env $(NBVAL_CPU) $(BIN)/python -m pytest $(NBVAL) notebooks; nb=$$?; \
-	test $$unit -eq 0 && test $$nb -eq 0
+	test $$lint -eq 0 && test $$unit -eq 0 && test $$nb -eq 0
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests --ignore=tests/browser

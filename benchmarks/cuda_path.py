@@ -34,11 +34,11 @@ def memory_check() -> None:
 
 
 def train_check(steps: int) -> None:
-    from lora_lab.finetune.evaluate import evaluate_task
-    from lora_lab.lora.layer import LoraConfig, add_lora, trainable_parameters
-    from lora_lab.finetune.models import load_model, load_tokenizer
     from lora_lab.corpus.task import make_split
+    from lora_lab.finetune.evaluate import evaluate_task
+    from lora_lab.finetune.models import load_model, load_tokenizer
     from lora_lab.finetune.trainer import TrainConfig, make_optimizer, train
+    from lora_lab.lora.layer import LoraConfig, add_lora, trainable_parameters
 
     tok = load_tokenizer()
     held_out, train_set = make_split("eval", 200), make_split("train", 4000)

@@ -47,7 +47,9 @@ def check_number(answer, expected: float, *, rel_tol: float = 1e-3, abs_tol: flo
         value = float(answer)
     except (TypeError, ValueError):
         return ExerciseResult(False, f"expected a number, got {answer!r}. {hint}")
-    close = (lambda a, b: math.isclose(a, b, rel_tol=rel_tol, abs_tol=max(abs_tol, 1e-12)))
+    def close(a, b):
+        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=max(abs_tol, 1e-12))
+
     if close(value, expected):
         return ExerciseResult(True, explain or f"{value:g} is right.")
     for wrong, meaning in mistakes:
@@ -61,7 +63,9 @@ def check_choice(answer, expected, *, allowed, hint: str, explain: str = "") -> 
     """Check a multiple-choice answer (case-insensitive for strings)."""
     if is_placeholder(answer):
         return ExerciseResult(False, f"replace None with one of {list(allowed)}. {hint}")
-    norm = (lambda a: a.strip().lower() if isinstance(a, str) else a)
+    def norm(a):
+        return a.strip().lower() if isinstance(a, str) else a
+
     allowed_norm = [norm(a) for a in allowed]
     if norm(answer) not in allowed_norm:
         return ExerciseResult(False, f"{answer!r} is not one of the options {list(allowed)}. {hint}")

@@ -75,12 +75,13 @@ def _mb(n: int) -> str:
 
 def run_qlora(args, out=print) -> int:
     """Run the recipe described by parsed ``args``; returns the process exit code."""
+    from lora_lab.corpus.task import make_split
     from lora_lab.finetune.evaluate import evaluate_task
-    from lora_lab.lora.layer import LoraConfig, save_adapter, trainable_report
     from lora_lab.finetune.models import load_tokenizer, model_bytes
     from lora_lab.finetune.recipe import memory_report, prepare_model
-    from lora_lab.corpus.task import make_split
     from lora_lab.finetune.trainer import TrainConfig, encode_examples, train
+    from lora_lab.lora.io import save_adapter
+    from lora_lab.lora.layer import LoraConfig, trainable_report
 
     t0 = time.time()
     lora_config = None if args.method == "full" else LoraConfig(

@@ -27,12 +27,17 @@ class Chapter:
 
 CHAPTERS = (
     Chapter("00_welcome.ipynb", "Welcome", "check your set-up and try a widget", "course"),
-    Chapter("01_rank.ipynb", "Matrix rank", "see why a weight update can be low-rank, via SVD and Eckart–Young", "lowrank"),
-    Chapter("02_lora_layer.ipynb", "The LoRA layer", "build LoRA from scratch, zero-init, alpha, merge; match PEFT", "lora"),
-    Chapter("03_quantization.ipynb", "4-bit quantization", "derive NF4, blockwise + double quantization; match bitsandbytes", "quant"),
+    Chapter("01_rank.ipynb", "Matrix rank",
+            "see why a weight update can be low-rank, via SVD and Eckart–Young", "lowrank"),
+    Chapter("02_lora_layer.ipynb", "The LoRA layer",
+            "build LoRA from scratch, zero-init, alpha, merge; match PEFT", "lora"),
+    Chapter("03_quantization.ipynb", "4-bit quantization",
+            "derive NF4, blockwise + double quantization; match bitsandbytes", "quant"),
     Chapter("04_memory.ipynb", "Memory hierarchy", "predict and measure what fine-tuning keeps in memory", "memory"),
-    Chapter("05_qlora_gpt2.ipynb", "QLoRA on GPT-2", "quantize a GPT-2 to NF4, train adapters, measure the effect", "train"),
-    Chapter("06_experiments.ipynb", "Experiments", "test what r, alpha, targets, init and 4 bits do, from sweeps and a Run button", "experiments"),
+    Chapter("05_qlora_gpt2.ipynb", "QLoRA on GPT-2",
+            "quantize a GPT-2 to NF4, train adapters, measure the effect", "train"),
+    Chapter("06_experiments.ipynb", "Experiments",
+            "test what r, alpha, targets, init and 4 bits do, from sweeps and a Run button", "experiments"),
 )
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "safetensors", "ipywidgets",
@@ -56,8 +61,8 @@ class EnvReport:
 def check_bnb_4bit(device: str = "cpu") -> tuple[bool, str]:
     """Quantize a seeded 64×64 tensor to NF4 with bitsandbytes and back; (works?, detail)."""
     try:
-        import torch
         import bitsandbytes.functional as F
+        import torch
         x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0)).to(device)
         q, state = F.quantize_4bit(x, blocksize=64, quant_type="nf4")
         err = (F.dequantize_4bit(q, state) - x).abs().max().item()

@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import os
-import random
 import sys
 import time
 from multiprocessing import Pool

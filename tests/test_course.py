@@ -1,6 +1,20 @@
 """lora_lab.course: the map points at real notebooks; the environment check works here."""
 
-from lora_lab.course import CHAPTERS, check_bnb_4bit, check_environment
+import importlib.metadata as md
+
+import pytest
+
+from lora_lab.course import (
+    CHAPTERS,
+    KEY_PACKAGES,
+    LOCK_FILE,
+    check_bnb_4bit,
+    check_environment,
+    normalize_name,
+    pinned_versions,
+    public_version,
+    version_drift,
+)
 
 
 def test_every_chapter_notebook_exists():
@@ -21,14 +35,6 @@ def test_bnb_check_reports_failure_instead_of_raising():
 
 
 # --- the pinned environment (requirements-lock.txt) ---------------------------------------
-
-import importlib.metadata as md
-
-import pytest
-
-from lora_lab.course import (KEY_PACKAGES, LOCK_FILE, normalize_name, pinned_versions,
-                             public_version, version_drift)
-
 
 def _lock(tmp_path, text):
     path = tmp_path / "requirements-lock.txt"

@@ -48,7 +48,8 @@ CHECKERS = discover_checkers()
 IDS = [f"{c.__module__.rsplit('.', 1)[-1]}.{c.__name__}" for c in CHECKERS]
 JUNK = [None, "", "   ", "banana", [], {}, (1, 2), float("nan"), float("-inf"), -1, 10 ** 30, object()]
 ANY_ANSWER = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20),
-                       st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+                       st.lists(st.integers(), max_size=3),
+                       st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 
 
 def _call(checker, answer):
@@ -70,12 +71,15 @@ def test_checkers_are_found():
 @pytest.mark.parametrize("notebook", CHAPTERS, ids=[p.stem for p in CHAPTERS])
 def test_every_chapter_ends_with_checked_exercises(notebook):
     nb = nbformat.read(notebook, as_version=4)
-    calls = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and re.search(r"check_exercise_\w+\(", c.source)]
+    calls = [i for i, c in enumerate(nb.cells)
+             if c.cell_type == "code" and re.search(r"check_exercise_\w+\(", c.source)]
     assert calls, f"{notebook.name} has no exercise checked by a library check_exercise_* function"
-    headings = [i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and re.search(r"^#+ .*exercise", c.source, re.I | re.M)]
+    headings = [i for i, c in enumerate(nb.cells)
+                if c.cell_type == "markdown" and re.search(r"^#+ .*exercise", c.source, re.I | re.M)]
     assert headings and headings[-1] < calls[0], f"{notebook.name}: exercises should sit under an 'Exercises' heading"
     code_after = [c for c in nb.cells[calls[-1] + 1:] if c.cell_type == "code" and c.source.strip()]
-    assert len(code_after) <= 2, f"{notebook.name}: the exercises should close the chapter ({len(code_after)} code cells follow)"
+    assert len(code_after) <= 2, \
+        f"{notebook.name}: the exercises should close the chapter ({len(code_after)} code cells follow)"
 
 
 @pytest.mark.parametrize("checker", CHECKERS, ids=IDS)

@@ -19,8 +19,7 @@ from transformers.pytorch_utils import Conv1D
 
 from lora_lab.finetune import trainer as train_mod
 from lora_lab.lora.baselayer import check_target_modules, select_targets, target_matches
-from lora_lab.lora.layer import (LoraConfig, LoRALinear, add_lora, find_target_modules, lora_layers,
-                           merge_lora)
+from lora_lab.lora.layer import LoraConfig, LoRALinear, add_lora, find_target_modules, lora_layers, merge_lora
 from lora_lab.quant.blockwise import check_quantized, dequantize_4bit, quantize_4bit
 
 peft = pytest.importorskip("peft")
@@ -430,9 +429,9 @@ def test_one_helper_everywhere():
     """add_lora, quantize_model and the memory prediction select the same layers."""
     from lora_lab.lora import layer as lora
     from lora_lab.memory import predict as memory
+    from lora_lab.memory.shapes import shape_from_config
     from lora_lab.quant import linear4bit as qlinear
     from lora_lab.quant.linear4bit import FrozenLinear4bit, quantize_model
-    from lora_lab.memory.shapes import shape_from_config
     for mod in (lora, qlinear, memory):
         src = open(mod.__file__).read()
         assert "select_targets" in src or "select_modules" in src

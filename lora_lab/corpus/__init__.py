@@ -3,49 +3,51 @@ facts they state and the fine-tuning task are made.
 
 One line imports the chapter: ``from lora_lab.corpus import ...``.
 """
-from lora_lab.corpus import words  # noqa: F401
-from lora_lab.corpus.words import (  # noqa: F401
-    NAMES,
-    PLACES,
-    OBJECTS,
-    COLOURS,
-    FEELINGS,
-    ANIMALS,
-    ADJECTIVES,
-    GET_VERBS,
-    DO_VERBS,
-    ANIMAL_DOINGS,
-    WEATHER,
-    TIMES,
-    LINKERS,
-    ENDINGS,
+from lora_lab.corpus import (
+    facts,  # noqa: F401
+    stories,  # noqa: F401
+    task,  # noqa: F401
+    words,  # noqa: F401
 )
-from lora_lab.corpus import facts  # noqa: F401
 from lora_lab.corpus.facts import (  # noqa: F401
     QUESTION_TYPES,
-    article,
     Fact,
     Question,
+    article,
     questions,
 )
-from lora_lab.corpus import stories  # noqa: F401
 from lora_lab.corpus.stories import (  # noqa: F401
     Story,
-    make_story,
     dialogues,
-    story_rng,
-    pretraining_text,
     iter_corpus,
+    make_story,
+    pretraining_text,
+    story_rng,
 )
-from lora_lab.corpus import task  # noqa: F401
 from lora_lab.corpus.task import (  # noqa: F401
-    SPLITS,
     PROMPT_TEMPLATE,
+    SPLITS,
     Example,
+    exact_match,
+    leading_match,
     make_example,
     make_split,
     normalize_answer,
-    exact_match,
-    leading_match,
     shuffled,
+)
+from lora_lab.corpus.words import (  # noqa: F401
+    ADJECTIVES,
+    ANIMAL_DOINGS,
+    ANIMALS,
+    COLOURS,
+    DO_VERBS,
+    ENDINGS,
+    FEELINGS,
+    GET_VERBS,
+    LINKERS,
+    NAMES,
+    OBJECTS,
+    PLACES,
+    TIMES,
+    WEATHER,
 )

@@ -23,17 +23,23 @@ import random
 from dataclasses import dataclass
 from typing import Iterator
 
-from lora_lab.corpus.facts import Fact, questions
-from lora_lab.corpus.words import (ADJECTIVES, ANIMAL_DOINGS, ANIMALS, COLOURS, DO_VERBS, ENDINGS,
-                                  FEELINGS, GET_VERBS, LINKERS, NAMES, OBJECTS, PLACES, TIMES,
-                                  WEATHER)
-
-_VOWEL = tuple("aeiou")
-
-
-def _a(word: str) -> str:
-    """'a' or 'an' for the word that follows."""
-    return "an" if word.startswith(_VOWEL) else "a"
+from lora_lab.corpus.facts import Fact, article, questions
+from lora_lab.corpus.words import (
+    ADJECTIVES,
+    ANIMAL_DOINGS,
+    ANIMALS,
+    COLOURS,
+    DO_VERBS,
+    ENDINGS,
+    FEELINGS,
+    GET_VERBS,
+    LINKERS,
+    NAMES,
+    OBJECTS,
+    PLACES,
+    TIMES,
+    WEATHER,
+)
 
 
 def _at(place: str) -> str:
@@ -98,7 +104,7 @@ def _get_sentence(b: _Builder, a: str, verb, obj: str, colour: str, place: str) 
     thing = f"{colour} {obj}"
     if b.rng.random() < 0.3:
         thing = f"{b.pick(('big', 'small', 'little', 'shiny', 'old', 'new', 'tiny'))} {thing}"
-    thing = f"{_a(thing)} {thing}"
+    thing = f"{article(thing)} {thing}"
     prep = PLACES[place]
     s = b.pick((
         f"{a} {past} {thing} {_at(place)}.",
@@ -114,8 +120,8 @@ def _get_sentence(b: _Builder, a: str, verb, obj: str, colour: str, place: str) 
                 f"{a} had {pp} the {obj} {_at(place)}.", f"The {obj} was {pp} {_at(place)}.")),
         b.pick((f"The {obj} was {colour}.", f"The colour of the {obj} was {colour}.",
                 f"{a}'s {obj} was {colour}.")),
-        b.pick((f"The thing that {a} {past} was {_a(colour)} {colour} {obj}.",
-                f"What {a} {past} was {_a(obj)} {obj}.")),
+        b.pick((f"The thing that {a} {past} was {article(colour)} {colour} {obj}.",
+                f"What {a} {past} was {article(obj)} {obj}.")),
     )
     b.say(s, Fact("get", a, verb, obj, colour, place), recalls)
 
@@ -153,11 +159,12 @@ def _feel_sentence(b: _Builder, who: str, feeling: str) -> None:
 
 def _see_sentence(b: _Builder, who: str, animal: str, place: str) -> None:
     doing = b.pick(ANIMAL_DOINGS)
-    s = b.pick((f"{who} saw {_a(animal)} {animal} {_at(place)}.",
-                f"{PLACES[place].capitalize()} the {place}, {who} saw {_a(animal)} {animal} that was {doing}.",
+    s = b.pick((f"{who} saw {article(animal)} {animal} {_at(place)}.",
+                f"{PLACES[place].capitalize()} the {place}, {who} saw {article(animal)} {animal} that was {doing}.",
                 f"{who} saw a little {animal} {doing} {_at(place)}."))
-    recalls = (b.pick((f"The animal that {who} saw was {_a(animal)} {animal}.", f"{who} had seen {_a(animal)} {animal}.",
-                       f"It was {_a(animal)} {animal} that {who} saw.")),)
+    recalls = (b.pick((f"The animal that {who} saw was {article(animal)} {animal}.",
+                       f"{who} had seen {article(animal)} {animal}.",
+                       f"It was {article(animal)} {animal} that {who} saw.")),)
     b.say(s, Fact("see", who, place=place, value=animal), recalls)
 
 

@@ -27,14 +27,17 @@ from pathlib import Path
 
 import torch
 
-from lora_lab.finetune.evaluate import evaluate_task, perplexity
-from lora_lab.experiments.tasks import MIN_K, make_cipher_split
-from lora_lab.lora.layer import LoraConfig, add_lora, lora_layers
-from lora_lab.finetune.models import load_model, load_tokenizer
-from lora_lab.quant.linear4bit import quantize_model
 from lora_lab.corpus.stories import iter_corpus
 from lora_lab.corpus.task import make_split
+from lora_lab.experiments.tasks import MIN_K, make_cipher_split
+from lora_lab.finetune.evaluate import evaluate_task, perplexity
+from lora_lab.finetune.models import load_model, load_tokenizer
+from lora_lab.finetune.trainer import OPTIMIZERS as TRAIN_OPTIMIZERS
 from lora_lab.finetune.trainer import TrainConfig, collate, encode_examples, train
+from lora_lab.lora.baselayer import get_weight, is_wrappable
+from lora_lab.lora.io import save_adapter
+from lora_lab.lora.layer import LoraConfig, add_lora, lora_layers
+from lora_lab.quant.linear4bit import quantize_model
 
 TASKS = ("qa", "cipher")
 METHODS = ("lora", "qlora", "full")
@@ -47,7 +50,7 @@ TARGETS = {
     "attn-qkv": ("c_attn",),
 }
 INITS = {"kaiming": True, "gaussian": "gaussian", "random": False}  # -> init_lora_weights
-OPTIMIZERS = ("adamw", "sgd")
+OPTIMIZERS = tuple(o for o in TRAIN_OPTIMIZERS if not o.startswith("paged"))  # those that run on CPU
 STORY_START = 3_000_000  # the shipped model was pretrained on stories 0 .. 2,999,999
 MODEL = "data/lab-gpt2"
 VERSION_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "numpy")
@@ -186,8 +189,6 @@ def story_loss(model, tokenizer, n: int = 64) -> float:
 
 def _weights(model) -> dict[str, torch.Tensor]:
     """The dense weight (out, in) of every block linear, as W (dequantized for 4-bit bases)."""
-    from lora_lab.lora.baselayer import get_weight, is_wrappable
-
     out = {}
     for name, module in model.named_modules():
         if ".h." in f".{name}" and is_wrappable(module) and not name.endswith("lm_head"):
@@ -201,8 +202,6 @@ def update_norms(model, before: dict[str, torch.Tensor] | None = None) -> dict[s
     if before is not None:
         now = _weights(model)
         return {n: float((now[n] - w).norm() / w.norm()) for n, w in before.items()}
-    from lora_lab.lora.baselayer import get_weight
-
     return {n: float(layer.delta_weight().detach().float().norm() / get_weight(layer.base_layer).float().norm())
             for n, layer in lora_layers(model)}
 
@@ -262,9 +261,8 @@ def run_experiment(config: ExperimentConfig, *, tokenizer=None, progress: bool =
         before_loss = story_loss(model, tokenizer, config.story_examples)
     before = _weights(model) if config.method == "full" else None
     train_config = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                               warmup_steps=min(config.warmup_steps, config.steps - 1), seed=config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=config.lr) if config.optimizer == "sgd" else None
+                               warmup_steps=min(config.warmup_steps, config.steps - 1), seed=config.seed,
+                               optimizer=config.optimizer)
     step_times: list[float] = []
     with torch.no_grad():  # the loss before any update (init matters here: B = 0 or not)
         enc = encode_examples(tokenizer, train_set[:64])
@@ -272,7 +270,7 @@ def run_experiment(config: ExperimentConfig, *, tokenizer=None, progress: bool =
         model.eval()
         step_loss0 = float(model(**collate(enc, pad, "cpu")).loss)
     t_train = time.time()
-    result = train(model, tokenizer, train_set, train_config, progress=progress, optimizer=optimizer,
+    result = train(model, tokenizer, train_set, train_config, progress=progress,
                    step_callback=_timer(step_times, on_step))
     train_seconds = time.time() - t_train
     score = evaluate_task(model, tokenizer, eval_set, max_new_tokens=4)
@@ -289,7 +287,7 @@ def run_experiment(config: ExperimentConfig, *, tokenizer=None, progress: bool =
         "story_loss_after": round(after_loss, 6),
         "curve": [round(x, 5) for x in result.losses],
         "update_norms": {n: round(v, 6) for n, v in update_norms(model, before).items()},
-        "trainable": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "seconds": round(time.time() - t0, 2),
         "train_seconds": round(train_seconds, 2),
         "step_seconds_median": round(sorted(step_times)[len(step_times) // 2], 4) if step_times else None,
@@ -301,8 +299,6 @@ def run_experiment(config: ExperimentConfig, *, tokenizer=None, progress: bool =
     if config.method == "full":
         record["delta_spectra"] = delta_spectra(model, before)
     if save_adapter_to is not None and config.method != "full":
-        from lora_lab.lora.layer import save_adapter
-
         save_adapter(model, save_adapter_to, config.lora_config(), base_model_name_or_path=MODEL)
     return record
 

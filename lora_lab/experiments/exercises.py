@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from lora_lab._exercises import ExerciseResult, check_choice, check_number
 from lora_lab.experiments import analysis as A
-from lora_lab.experiments.sweep import BASE, FULL_LR, all_records
+from lora_lab.experiments.sweep import BASE, all_records
 
 RANK_SWEEP = dict(method="lora", lora_alpha=BASE.lora_alpha, lr=BASE.lr, targets="all-linear", init="kaiming",
                   batch_size=BASE.batch_size, use_rslora=False, steps=BASE.steps)
@@ -32,7 +32,8 @@ def worst_targets(records=None) -> str:
     """The target set with the lowest accuracy on cipher K=16 at r = 8."""
     where = {**RANK_SWEEP, "task": "cipher", "k": 16, "r": 8}
     where.pop("targets")
-    ps = {t: A.one(records or all_records(), targets=t, **where) for t in ("all-linear", "attention", "mlp", "attn-qkv")}
+    ps = {t: A.one(records or all_records(), targets=t, **where)
+          for t in ("all-linear", "attention", "mlp", "attn-qkv")}
     return min(ps, key=lambda t: ps[t].mean)
 
 

@@ -17,8 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
-from lora_lab.experiments.engine import ExperimentConfig, run_experiment
 from lora_lab._util import atomic_write_text
+from lora_lab.experiments.engine import ExperimentConfig, run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "data" / "experiments"

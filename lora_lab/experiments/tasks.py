@@ -27,8 +27,8 @@ from functools import lru_cache
 
 from lora_lab.corpus.facts import questions
 from lora_lab.corpus.stories import make_story, story_rng
-from lora_lab.corpus.words import ANIMALS, COLOURS, FEELINGS, NAMES, OBJECTS, PLACES
 from lora_lab.corpus.task import SPLITS, Example
+from lora_lab.corpus.words import ANIMALS, COLOURS, FEELINGS, NAMES, OBJECTS, PLACES
 
 CIPHER_TEMPLATE = "{story}\nQuestion: {question}\nCipher:"
 NAME_QTYPES = ("who", "giver", "recipient")

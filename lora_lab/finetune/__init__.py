@@ -3,65 +3,67 @@ evaluation, and QLoRA / LoRA / full fine-tuning as one recipe.
 
 One line imports the chapter: ``from lora_lab.finetune import ...``.
 """
-from lora_lab.finetune import models  # noqa: F401
-from lora_lab.finetune.models import (  # noqa: F401
-    SHIPPED_MODEL,
-    SHIPPED_ALIASES,
-    QUANTIZATIONS,
-    BACKENDS,
-    ModelLoadError,
-    default_device,
-    default_compute_dtype,
-    resolve_model_path,
-    hub_reachable,
-    load_tokenizer,
-    load_model,
-    keep_bnb_layout,
-    dequantize_model,
-    quantized_layers,
-    model_bytes,
+from lora_lab.finetune import (
+    evaluate,  # noqa: F401
+    exercises,  # noqa: F401
+    models,  # noqa: F401
+    plots,  # noqa: F401
+    recipe,  # noqa: F401
+    trainer,  # noqa: F401
 )
-from lora_lab.finetune import trainer  # noqa: F401
-from lora_lab.finetune.trainer import (  # noqa: F401
-    CHECKPOINT,
-    OPTIMIZERS,
-    TrainConfig,
-    TrainResult,
-    lr_at,
-    encode_examples,
-    collate,
-    batch_indices,
-    make_optimizer,
-    CHECKPOINT_FORMAT,
-    save_checkpoint,
-    load_checkpoint,
-    train,
-)
-from lora_lab.finetune import evaluate  # noqa: F401
 from lora_lab.finetune.evaluate import (  # noqa: F401
-    encode_prompts,
-    generate,
     TaskScore,
+    encode_prompts,
     evaluate_task,
+    generate,
     perplexity,
 )
-from lora_lab.finetune import recipe  # noqa: F401
-from lora_lab.finetune.recipe import (  # noqa: F401
-    METHODS,
-    prepare_model,
-    MemoryReport,
-    memory_report,
+from lora_lab.finetune.exercises import (  # noqa: F401
+    check_exercise_bits_per_weight,
+    check_exercise_first_step_over,
+    check_exercise_merge_recipe,
+    check_exercise_trainable_params,
+    lora_params_all_linear,
 )
-from lora_lab.finetune import plots  # noqa: F401
+from lora_lab.finetune.models import (  # noqa: F401
+    BACKENDS,
+    QUANTIZATIONS,
+    SHIPPED_ALIASES,
+    SHIPPED_MODEL,
+    ModelLoadError,
+    default_compute_dtype,
+    default_device,
+    dequantize_model,
+    hub_reachable,
+    keep_bnb_layout,
+    load_model,
+    load_tokenizer,
+    model_bytes,
+    quantized_layers,
+    resolve_model_path,
+)
 from lora_lab.finetune.plots import (  # noqa: F401
     plot_loss_curves,
     plot_memory_breakdown,
 )
-from lora_lab.finetune import exercises  # noqa: F401
-from lora_lab.finetune.exercises import (  # noqa: F401
-    lora_params_all_linear,
-    check_exercise_trainable_params,
-    check_exercise_bits_per_weight,
-    check_exercise_merge_recipe,
-    check_exercise_first_step_over,
+from lora_lab.finetune.recipe import (  # noqa: F401
+    METHODS,
+    MemoryReport,
+    memory_report,
+    prepare_model,
+)
+from lora_lab.finetune.trainer import (  # noqa: F401
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    OPTIMIZERS,
+    TrainConfig,
+    TrainResult,
+    batch_indices,
+    collate,
+    encode_examples,
+    load_checkpoint,
+    lr_at,
+    make_optimizer,
+    save_checkpoint,
+    train,
 )

@@ -24,6 +24,11 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
+
+from lora_lab.lora.baselayer import get_weight
+from lora_lab.memory.measure import quant_tensors, storage_bytes
+from lora_lab.quant.linear4bit import quantize_model
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "data" / "lab-gpt2"
 SHIPPED_ALIASES = ("lab-gpt2", "data/lab-gpt2", "./data/lab-gpt2")
@@ -168,8 +173,6 @@ def load_model(name_or_path: str | os.PathLike = "data/lab-gpt2", quantization: 
             model = model.to(device)
         keep_bnb_layout(model)
     else:
-        from lora_lab.quant.linear4bit import quantize_model
-
         model = quantize_model(model.to(device), "all-linear", codebook=quantization,
                                blocksize=blocksize, double_quant=double_quant,
                                compute_dtype=compute_dtype)
@@ -196,10 +199,6 @@ def dequantize_model(model, dtype: torch.dtype = torch.float32):
     ``nn.Linear`` holding its dequantized weight: the base QLoRA actually trained on, in
     full precision, so that merging ``W_dq + B A`` is exact. Works under LoRA wrappers
     too. Returns ``model``."""
-    from torch import nn
-
-    from lora_lab.lora.baselayer import get_weight
-
     for name, module in list(model.named_modules()):
         if type(module).__name__ not in ("Linear4bit", "FrozenLinear4bit"):
             continue
@@ -210,8 +209,7 @@ def dequantize_model(model, dtype: torch.dtype = torch.float32):
         if module.bias is not None:
             linear.bias.copy_(module.bias.to(dtype))
         linear.requires_grad_(False)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, linear)
+        model.set_submodule(name, linear)
     return model
 
 
@@ -231,8 +229,6 @@ def quantized_layers(model) -> tuple[list[str], list[str]]:
 def model_bytes(model) -> int:
     """Bytes held by the model's parameters and buffers (tied tensors counted once; bnb's
     4-bit weights at their packed size plus their quantization state)."""
-    from lora_lab.memory.measure import quant_tensors, storage_bytes
-
     tensors = []
     for t in list(model.parameters()) + list(model.buffers()):
         tensors.extend(quant_tensors(t))

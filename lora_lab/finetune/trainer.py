@@ -34,7 +34,8 @@ from lora_lab._util import atomic_write_bytes
 from lora_lab.corpus.task import Example
 
 CHECKPOINT = "checkpoint.pt"
-OPTIMIZERS = ("adamw", "paged_adamw_32bit", "paged_adamw_8bit")
+# transformers' `optim` names for the optimizers :func:`make_optimizer` builds (paged ones need CUDA)
+OPTIMIZERS = ("adamw", "sgd", "paged_adamw_32bit", "paged_adamw_8bit")
 
 
 @dataclass(frozen=True)
@@ -145,14 +146,16 @@ def batch_indices(step: int, lengths: Sequence[int], batch_size: int, seed: int,
 
 
 def make_optimizer(params, config: TrainConfig):
-    """torch AdamW, or bitsandbytes' paged AdamW (32- or 8-bit states; CUDA only)."""
+    """torch AdamW or plain SGD, or bitsandbytes' paged AdamW (32- or 8-bit states; CUDA only)."""
     params = list(params)
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
     if not all(p.is_cuda for p in params):
         raise ValueError(f"optimizer={config.optimizer!r} pages its state between GPU and CPU memory "
                          f"and needs CUDA parameters; use optimizer='adamw' on CPU")
-    import bitsandbytes as bnb
+    import bitsandbytes as bnb  # here, not at the top: only the CUDA-only paged optimizers need it
 
     cls = bnb.optim.PagedAdamW32bit if config.optimizer == "paged_adamw_32bit" else bnb.optim.PagedAdamW8bit
     return cls(params, lr=config.lr, weight_decay=config.weight_decay)

@@ -17,13 +17,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-
-def _is_conv1d(layer: nn.Module) -> bool:
-    return type(layer).__name__ == "Conv1D" and hasattr(layer, "nf")
-
-
-def _is_bnb_4bit(layer: nn.Module) -> bool:
-    return type(getattr(layer, "weight", None)).__name__ == "Params4bit"
+from lora_lab._util import is_bnb_4bit, is_conv1d
 
 
 def _is_lora_lab_4bit(layer: nn.Module) -> bool:
@@ -33,13 +27,13 @@ def _is_lora_lab_4bit(layer: nn.Module) -> bool:
 
 def is_wrappable(layer: nn.Module) -> bool:
     """True for the linear layers LoRA can wrap (see module docstring)."""
-    return (isinstance(layer, nn.Linear) or _is_conv1d(layer) or _is_bnb_4bit(layer)
+    return (isinstance(layer, nn.Linear) or is_conv1d(layer) or is_bnb_4bit(layer)
             or _is_lora_lab_4bit(layer))
 
 
 def layer_dims(layer: nn.Module) -> tuple[int, int]:
     """(in_features, out_features) of a wrappable layer."""
-    if _is_conv1d(layer):
+    if is_conv1d(layer):
         d_in, d_out = layer.weight.shape  # Conv1D stores (in, out)
         return int(d_in), int(d_out)
     return int(layer.in_features), int(layer.out_features)
@@ -49,11 +43,11 @@ def get_weight(layer: nn.Module) -> torch.Tensor:
     """The base weight as an (out, in) tensor (a dequantized copy for 4-bit layers)."""
     if _is_lora_lab_4bit(layer):
         return layer.dequantize_weight()
-    if _is_bnb_4bit(layer):
+    if is_bnb_4bit(layer):
         import bitsandbytes.functional as bnbF
         w = layer.weight
         return bnbF.dequantize_4bit(w.data, w.quant_state)  # (out, in)
-    if _is_conv1d(layer):
+    if is_conv1d(layer):
         return layer.weight.data.T  # (in, out) -> (out, in)
     return layer.weight.data
 
@@ -63,7 +57,7 @@ def set_weight(layer: nn.Module, weight: torch.Tensor) -> None:
     """Store an (out, in) weight back, re-quantizing for 4-bit layers."""
     if _is_lora_lab_4bit(layer):
         layer.requantize_(weight)
-    elif _is_bnb_4bit(layer):
+    elif is_bnb_4bit(layer):
         import bitsandbytes as bnb
         old = layer.weight
         qs = old.quant_state
@@ -71,7 +65,7 @@ def set_weight(layer: nn.Module, weight: torch.Tensor) -> None:
                                 blocksize=qs.blocksize, compress_statistics=qs.nested,
                                 quant_type=qs.quant_type, quant_storage=old.quant_storage)
         layer.weight = new.to(old.device)  # .to() quantizes
-    elif _is_conv1d(layer):
+    elif is_conv1d(layer):
         layer.weight.data.copy_(weight.T)
     else:
         layer.weight.data.copy_(weight)

@@ -20,6 +20,8 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from lora_lab._util import atomic_write_bytes, atomic_write_text
+from lora_lab.lora.baselayer import is_wrappable, layer_dims, target_matches
+from lora_lab.lora.layer import LoraConfig, LoRALinear, add_lora, lora_layers
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -31,7 +33,6 @@ _UNSUPPORTED = {"use_dora": False, "rank_pattern": {}, "alpha_pattern": {}, "mod
 def _suffix_targets(model: nn.Module, wrapped: list[str]) -> list[str]:
     """Short target names (``c_attn``) if, by PEFT's list rule, they select exactly
     ``wrapped`` among the model's modules, else the full paths."""
-    from lora_lab.lora.baselayer import target_matches
     suffixes = sorted({n.split(".")[-1] for n in wrapped})
     inner = {f"{n}.{c}" for n in wrapped for c in ("base_layer", "lora_A", "lora_B", "lora_dropout")}
     selected = {n for n, _ in model.named_modules() if n and not any(n.startswith(i) for i in inner)
@@ -53,7 +54,6 @@ def infer_task_type(model: nn.Module) -> str | None:
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors an adapter file holds, under PEFT's key names."""
-    from lora_lab.lora.layer import lora_layers
     config = getattr(model, "lora_config", None)
     out = {}
     for name, layer in lora_layers(model):
@@ -80,7 +80,6 @@ def save_adapter(model: nn.Module, path: str | Path, config=None, *,
             merged, an argument is malformed, or ``path`` cannot be written (an existing
             file, say); nothing is written then.
     """
-    from lora_lab.lora.layer import LoraConfig, lora_layers
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(path, (str, PathLike)) or not str(path):
@@ -127,7 +126,6 @@ def save_adapter(model: nn.Module, path: str | Path, config=None, *,
 
 def read_adapter_config(path: str | Path):
     """Parse and validate ``adapter_config.json`` into a :class:`~lora_lab.lora.layer.LoraConfig`."""
-    from lora_lab.lora.layer import LoraConfig
     file = Path(path) / CONFIG_NAME
     if not file.is_file():
         raise ValueError(f"{path!s} is not an adapter folder: {CONFIG_NAME} is missing")
@@ -183,8 +181,6 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
         ValueError: for a missing/corrupt file, or keys/shapes that do not match the model
             (the message names the layer).
     """
-    from lora_lab.lora.baselayer import is_wrappable, layer_dims
-    from lora_lab.lora.layer import LoRALinear, add_lora, lora_layers
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(path, (str, PathLike)) or not str(path):

@@ -1,14 +1,14 @@
 """The LoRA layer from scratch, injecting it into a model, merge/unmerge.
 
-Convention (the LoRA paper's and PEFT's, see STYLE.md):
+Convention (the LoRA paper's and PEFT's; CONTRIBUTING.md, "The A/B convention"):
     lora_A: (r, in_features)   down-projection, applied to x first, Kaiming-uniform init
     lora_B: (out_features, r)  up-projection, zero init
     delta_weight = (lora_B @ lora_A) * scaling            # (out, in), like nn.Linear.weight
     scaling      = lora_alpha / r   (rsLoRA: lora_alpha / sqrt(r))
     h = base_layer(x) + lora_B(lora_A(dropout(x))) * scaling
 
-Adapter files (PEFT's on-disk format) live in :mod:`lora_lab.lora.io` and are
-re-exported here.
+Adapter files (PEFT's on-disk format) live in :mod:`lora_lab.lora.io`; ``lora_lab.lora``
+exports both.
 """
 
 from __future__ import annotations
@@ -21,8 +21,15 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from lora_lab.lora.baselayer import (_is_bnb_4bit, check_target_modules, get_weight, is_wrappable,
-                                layer_dims, select_modules, set_weight)
+from lora_lab._util import is_bnb_4bit, is_conv1d, warn_rank_above_min
+from lora_lab.lora.baselayer import (
+    check_target_modules,
+    get_weight,
+    is_wrappable,
+    layer_dims,
+    select_modules,
+    set_weight,
+)
 
 _BIAS = ("none", "all", "lora_only")
 _INIT = (True, False, "gaussian")
@@ -47,7 +54,7 @@ def _check_hparams(r, lora_alpha, lora_dropout, use_rslora=False, init_lora_weig
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """Hyperparameters of a LoRA adapter, named as in PEFT's ``LoraConfig``.
+    r"""Hyperparameters of a LoRA adapter, named as in PEFT's ``LoraConfig``.
 
     Args:
         r: rank of the update, >= 1.
@@ -64,7 +71,8 @@ class LoraConfig:
         bias: which biases train: "none", "all" or "lora_only" (those of wrapped layers).
         use_rslora: scale by ``lora_alpha / sqrt(r)`` (rank-stabilized LoRA); a bool.
         init_lora_weights: True (A Kaiming-uniform, B zeros, as PEFT), "gaussian"
-            (A ~ N(0, 1/r), B zeros) or False (both random: the output moves at step 0).
+            (A ~ N(0, σ²) with σ = 1/r, PEFT's choice; B zeros) or False (both random: the
+            output moves at step 0).
 
     Raises:
         ValueError: for any field out of range or of the wrong type, naming the field,
@@ -116,14 +124,10 @@ class LoRALinear(nn.Module):
                              "values; LoRA needs a finite base weight")
         self.base_layer = base_layer.requires_grad_(False)  # W is frozen: no grad, no optimizer state
         self.in_features, self.out_features = layer_dims(base_layer)
-        if r > min(self.in_features, self.out_features):
-            warnings.warn(f"r={r} is above min(in_features, out_features)="
-                          f"{min(self.in_features, self.out_features)}: B A cannot have rank above "
-                          f"{min(self.in_features, self.out_features)}, so the extra rank only adds "
-                          "parameters", UserWarning, stacklevel=2)
+        warn_rank_above_min(r, self.out_features, self.in_features, names=("out_features", "in_features"))
         self.r, self.lora_alpha, self.use_rslora = r, lora_alpha, use_rslora
         self.scaling = lora_alpha / (math.sqrt(r) if use_rslora else r)
-        self.fan_in_fan_out = type(base_layer).__name__ == "Conv1D"
+        self.fan_in_fan_out = is_conv1d(base_layer)
         dtype = _float_dtype(base_layer)
         device = next(base_layer.parameters(), torch.empty(0)).device
         self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
@@ -144,7 +148,7 @@ class LoRALinear(nn.Module):
         ``generator`` must live on the device of the adapter weights (CPU at construction).
         """
         if init_lora_weights == "gaussian":
-            self.lora_A.weight.normal_(0.0, 1.0 / self.r, generator=generator)  # the paper's N(0, σ²)
+            self.lora_A.weight.normal_(0.0, 1.0 / self.r, generator=generator)  # std 1/r, as PEFT
         else:
             nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5), generator=generator)
         if init_lora_weights is False:
@@ -170,7 +174,7 @@ class LoRALinear(nn.Module):
         if self.merged:
             return result  # ΔW already sits inside the base weight: no extra latency
         dtype = result.dtype
-        if _is_bnb_4bit(self.base_layer):  # PEFT's lora.bnb.Linear4bit.forward
+        if is_bnb_4bit(self.base_layer):  # PEFT's lora.bnb.Linear4bit.forward
             convert = not torch.is_autocast_enabled()
             lora_x = x.to(self.lora_A.weight.dtype) if convert else x
             update = self.lora_B(self.lora_A(self.lora_dropout(lora_x))) * self.scaling
@@ -311,9 +315,7 @@ def add_lora(model: nn.Module, config: LoraConfig, *,
     for p in model.parameters():
         p.requires_grad_(False)
     for name, wrapper in zip(names, wrappers):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, wrapper)
+        model.set_submodule(name, wrapper)
     for name, p in model.named_parameters():
         if name.endswith("bias") and (config.bias == "all" or
                                       config.bias == "lora_only" and ".base_layer." in name):
@@ -380,9 +382,5 @@ def trainable_report(model: nn.Module) -> str:
     return (f"trainable params: {trainable:,d} || all params: {total:,d} || "
             f"trainable%: {100 * trainable / total:.4f}")
 
-
-from lora_lab.lora.io import load_adapter, save_adapter  # noqa: E402  (re-exported)
-
 __all__ = ["LoraConfig", "LoRALinear", "add_lora", "find_target_modules", "lora_layers",
-           "merge_lora", "unmerge_lora", "trainable_parameters", "trainable_report",
-           "save_adapter", "load_adapter"]
+           "merge_lora", "unmerge_lora", "trainable_parameters", "trainable_report"]

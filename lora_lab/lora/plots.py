@@ -15,12 +15,14 @@ def _axes(ax, figsize=(6, 3.6)):
 
 
 def plot_scaling_vs_rank(ranks, lora_alpha: float = 16, *, mark_r: int | None = None,
-                         ax=None) -> Figure:
-    """scaling = α/r and α/√r (rsLoRA) against r, on log axes."""
+                         alpha_equals_r: bool = False, ax=None) -> Figure:
+    """scaling = α/r and α/√r (rsLoRA) against r, on log axes (``alpha_equals_r``: also α = r)."""
     fig, ax = _axes(ax)
     curves = scaling_curves(ranks, lora_alpha)
     ax.plot(ranks, curves["lora"], "o-", label="LoRA: α / r")
     ax.plot(ranks, curves["rslora"], "s-", label="rsLoRA: α / √r")
+    if alpha_equals_r:
+        ax.plot(ranks, [1.0] * len(ranks), "^--", color="tab:red", label="α = r: scaling 1")
     if mark_r is not None:
         ax.axvline(mark_r, color="grey", ls=":", label=f"r = {mark_r}")
     ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="scaling",
@@ -31,12 +33,15 @@ def plot_scaling_vs_rank(ranks, lora_alpha: float = 16, *, mark_r: int | None = 
 
 
 def plot_update_norm_vs_rank(ranks, lora_alpha: float = 16, *, d: int = 256, seed: int = 0,
-                             ax=None) -> Figure:
-    """‖ΔW‖_F against r for random adapters: α/r shrinks the update as r grows, α/√r does not."""
+                             alpha_equals_r: bool = False, ax=None) -> Figure:
+    """‖ΔW‖_F against r for random adapters: α/r shrinks the update as r grows, α/√r does not
+    (``alpha_equals_r``: also α = r, scaling 1, where nothing compensates for r)."""
     fig, ax = _axes(ax)
-    norms = update_norm_vs_rank(ranks, lora_alpha, d=d, seed=seed)
+    norms = update_norm_vs_rank(ranks, lora_alpha, d=d, seed=seed, alpha_equals_r=alpha_equals_r)
     ax.plot(ranks, norms["lora"], "o-", label="α / r")
     ax.plot(ranks, norms["rslora"], "s-", label="α / √r (rsLoRA)")
+    if alpha_equals_r:
+        ax.plot(ranks, norms["alpha_eq_r"], "^--", color="tab:red", label="α = r (scaling 1)")
     ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="‖ΔW‖_F",
            title="Size of the update for adapters of the same entry size")
     ax.legend()

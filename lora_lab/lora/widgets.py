@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipywidgets as W
 
+from lora_lab._widgets import build_explorer
 from lora_lab.lora.plots import plot_alpha_effect
 from lora_lab.lora.scaling import compute_alpha_effect
-from lora_lab._widgets import build_explorer
 
 
 def alpha_explorer(r: int = 8, lora_alpha: float = 16) -> W.VBox:

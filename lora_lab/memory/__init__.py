@@ -44,8 +44,10 @@ from lora_lab.memory.measure import (  # noqa: F401
     Measured,
     measure_training_step,
     quantize_linears_4bit,
+    LORA_BASE_DTYPES,
     build_model,
     compare,
+    param_bytes_by_dtype,
 )
 from lora_lab.memory import plots  # noqa: F401
 from lora_lab.memory.plots import (  # noqa: F401

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lora_lab._util import is_conv1d
 from lora_lab.lora.layer import LoraConfig, add_lora
 from lora_lab.memory.predict import COMPONENTS, MemoryBreakdown, training_memory
 from lora_lab.memory.shapes import shape_from_config
@@ -126,7 +127,7 @@ def quantize_linears_4bit(model: nn.Module, *, compute_dtype=torch.bfloat16,
 
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     for name, module in list(model.named_modules()):
-        conv = type(module).__name__ == "Conv1D"
+        conv = is_conv1d(module)
         if module is head or not (conv or isinstance(module, nn.Linear)):
             continue
         weight = module.weight.detach().float()
@@ -138,20 +139,28 @@ def quantize_linears_4bit(model: nn.Module, *, compute_dtype=torch.bfloat16,
                                          quant_type=quant_type, blocksize=64)
         if module.bias is not None:
             layer.bias = nn.Parameter(module.bias.detach().to(compute_dtype), requires_grad=False)
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, child,
-                layer.to(module.weight.device))
+        model.set_submodule(name, layer.to(module.weight.device))
     return model
 
 
+LORA_BASE_DTYPES = ("fp32", "bf16")  # the frozen base of build_model's "lora" recipe
+
+
 def build_model(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_attn",),
-                seed: int = 0, device: str = "cpu", gradient_checkpointing: bool = False):
+                seed: int = 0, device: str = "cpu", gradient_checkpointing: bool = False,
+                base_dtype: str = "fp32"):
     """A random-weight model from ``config`` set up for ``recipe``, and its AdamW optimizer.
 
-    ``"lora"``: fp32 base, fp32 adapters, torch AdamW. ``"qlora"``: NF4 + double-quant
-    base (bnb Linear4bit), everything else bf16, adapters in fp32 (PEFT's default),
-    torch AdamW (fp32 states). ``"full"``: every weight trains in fp32.
+    ``"lora"``: frozen base in ``base_dtype`` (``"fp32"``, or ``"bf16"`` as QLoRA's
+    unquantized parts and compute), fp32 adapters, torch AdamW. ``"qlora"``: NF4 +
+    double-quant base (bnb Linear4bit), everything else bf16, adapters in fp32 (PEFT's
+    default), torch AdamW (fp32 states). ``"full"``: every weight trains in fp32.
+    ``base_dtype`` applies to ``"lora"`` only.
     """
+    if base_dtype not in LORA_BASE_DTYPES:
+        raise ValueError(f"base_dtype must be one of {LORA_BASE_DTYPES}, got {base_dtype!r}")
+    if base_dtype != "fp32" and recipe != "lora":
+        raise ValueError(f"base_dtype={base_dtype!r} applies to recipe 'lora' only, got {recipe!r}")
     from transformers import AutoModelForCausalLM
 
     from transformers.initialization import no_init_weights
@@ -169,6 +178,8 @@ def build_model(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_
     model = model.to(device)
     if recipe == "qlora":
         model = quantize_linears_4bit(model.to(torch.bfloat16))
+    elif base_dtype == "bf16":
+        model = model.to(torch.bfloat16)
     if recipe in ("lora", "qlora"):
         add_lora(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=target_modules), generator=gen)
         for p in model.parameters():
@@ -184,22 +195,42 @@ def build_model(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_
 
 def compare(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_attn",),
             batch_size: int = 1, seq_len: int = 32, seed: int = 0, device: str = "cpu",
-            gradient_checkpointing: bool = False) -> tuple[MemoryBreakdown, Measured]:
+            gradient_checkpointing: bool = False,
+            base_dtype: str = "fp32") -> tuple[MemoryBreakdown, Measured]:
     """Predict with :func:`training_memory` and measure one real step of the same setup.
 
+    ``base_dtype``: the frozen base of ``"lora"`` (``"fp32"`` or ``"bf16"``, see
+    :func:`build_model`); ``"bf16"`` compares LoRA with QLoRA at the same compute dtype.
     With gradient checkpointing the hooks see what the forward pass stores (each block's
     input); compare it with ``predicted.activation_detail["stored"]``.
     """
     model, opt = build_model(config, recipe, r=r, target_modules=target_modules, seed=seed,
-                             device=device, gradient_checkpointing=gradient_checkpointing)
+                             device=device, gradient_checkpointing=gradient_checkpointing,
+                             base_dtype=base_dtype)
     gen = torch.Generator(device="cpu").manual_seed(seed + 1)
     ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=gen).to(device)
     measured = measure_training_step(model, opt, ids)
     quant = recipe == "qlora"
     predicted = training_memory(
         shape_from_config(config), recipe, r=r, target_modules=target_modules,
-        base_dtype="nf4" if quant else "fp32", double_quant=True, trainable_dtype="fp32",
+        base_dtype="nf4" if quant else base_dtype if recipe == "lora" else "fp32", double_quant=True, trainable_dtype="fp32",
         compute_dtype="bf16", optimizer="adamw", master_weights=False, batch_size=batch_size,
         seq_len=seq_len, attn_implementation=config._attn_implementation or "sdpa", device=device,
         gradient_checkpointing=gradient_checkpointing, autocast=False)
     return predicted, measured
+
+
+def param_bytes_by_dtype(model: nn.Module) -> dict[str, int]:
+    """Storage bytes of a model's parameters by kind, each storage once (tied weights once).
+
+    Keys: ``"quantized"`` (bitsandbytes ``Params4bit``/``Int8Params`` with their quantization
+    constants) and one key per float dtype of the other parameters (``"float32"``,
+    ``"bfloat16"``, ...), in first-seen order. Use it to see what a cast such as PEFT's
+    ``prepare_model_for_kbit_training`` changes.
+    """
+    params = list(model.parameters())
+    out: dict[str, list] = {}
+    for p in params:
+        key = "quantized" if is_quantized(p) else str(p.dtype).removeprefix("torch.")
+        out.setdefault(key, []).extend(quant_tensors(p) if is_quantized(p) else [p])
+    return {k: storage_bytes(v) for k, v in out.items()}

@@ -16,12 +16,13 @@ Full fine-tuning, LoRA and QLoRA are three presets (``RECIPES``) of the same fun
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
+from lora_lab._util import warn_rank_above_min
+from lora_lab.lora.baselayer import ALL_LINEAR, check_target_modules, select_targets
 from lora_lab.memory.activations import activation_memory
-from lora_lab.quant.blockwise import bits_per_param
 from lora_lab.memory.shapes import ModelShape, model_shape
+from lora_lab.quant.blockwise import bits_per_param
 
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 BASE_DTYPES = ("fp32", "bf16", "fp16", "int8", "nf4")
@@ -119,8 +120,6 @@ def _targets(shape: ModelShape, target_modules) -> list[tuple[str, int, int, boo
     transformers model has (``transformer.h.3.attn.c_attn``, ``model.layers.3.self_attn.q_proj``).
     The prediction assumes the same adapters in every block, so a selection that differs
     between blocks (a regex or path naming block 0 only) is refused."""
-    from lora_lab.lora.baselayer import ALL_LINEAR, check_target_modules, select_targets
-
     linears = shape.block_linears()
     targets = check_target_modules(target_modules)
     if targets == ALL_LINEAR:
@@ -221,10 +220,7 @@ def training_memory(model: str | ModelShape = "gpt2", recipe: str = "lora", *, r
     else:
         targets = _targets(shape, target_modules)
         for name, i, o, _ in targets:
-            if r > min(i, o):
-                warnings.warn(f"r={r} is above min(in_features, out_features)={min(i, o)} of {name}: "
-                              "B A cannot have rank above that, so the extra rank only adds parameters",
-                              UserWarning, stacklevel=2)
+            warn_rank_above_min(r, o, i, names=("out_features", "in_features"), where=f" of {name}")
         numels = [n for _, i, o, _ in targets for n in (r * i, r * o)] * L
         quantized = base_dtype in ("int8", "nf4")
         plain = sum(other.values()) + (0 if quantized else L * sum(i * o for _, i, o, _ in linears))

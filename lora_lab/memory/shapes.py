@@ -34,6 +34,8 @@ class ModelShape:
         tied_embeddings: the output head reuses the token embedding matrix.
         dropout: dropout probability used in training (GPT-2's config: 0.1).
         activation: MLP nonlinearity (decides which tensors it saves for backward).
+        context_length: the longest sequence a rotary model was trained on
+            (``max_position_embeddings``), 0 if unknown; GPT-2 is bounded by ``n_positions``.
     """
 
     name: str
@@ -48,6 +50,7 @@ class ModelShape:
     tied_embeddings: bool = False
     dropout: float = 0.0
     activation: str = "silu"
+    context_length: int = 0
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -63,6 +66,8 @@ class ModelShape:
             raise ValueError(f"n_kv_heads must divide n_heads={self.n_heads}, got {self.n_kv_heads!r}")
         if not isinstance(self.n_positions, int) or self.n_positions < 0:
             raise ValueError(f"n_positions must be an integer >= 0, got {self.n_positions!r}")
+        if not isinstance(self.context_length, int) or self.context_length < 0:
+            raise ValueError(f"context_length must be an integer >= 0, got {self.context_length!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.activation not in ACTIVATIONS:
@@ -71,6 +76,17 @@ class ModelShape:
     @property
     def kv_heads(self) -> int:
         return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+    @property
+    def max_seq_len(self) -> int | None:
+        """The longest sequence the model takes: GPT-2's position table, a rotary model's
+        ``context_length``; ``None`` if unknown."""
+        return (self.n_positions if self.arch == "gpt2" else self.context_length) or None
+
+    @property
+    def max_rank(self) -> int:
+        """The largest useful LoRA rank: the smallest ``min(in, out)`` of a block linear."""
+        return min(min(i, o) for _, i, o, _ in self.block_linears())
 
     @property
     def head_dim(self) -> int:
@@ -121,17 +137,18 @@ def _gpt2(name, n_layers, d_model, n_heads, **kw) -> ModelShape:
                       activation=kw.pop("activation", "gelu_new"))
 
 
-def _llama(name, n_layers, d_model, n_heads, vocab_size, d_ff, n_kv_heads=None) -> ModelShape:
-    return ModelShape(name, "llama", n_layers, d_model, n_heads, vocab_size, d_ff, n_kv_heads)
+def _llama(name, n_layers, d_model, n_heads, vocab_size, d_ff, n_kv_heads=None, context=4096) -> ModelShape:
+    return ModelShape(name, "llama", n_layers, d_model, n_heads, vocab_size, d_ff, n_kv_heads,
+                      context_length=context)
 
 
 PRESETS: dict[str, ModelShape] = {s.name: s for s in (
     _gpt2("gpt2", 12, 768, 12),
     _gpt2("gpt2-medium", 24, 1024, 16),
     _llama("llama-2-7b", 32, 4096, 32, 32000, 11008),
-    _llama("llama-3-8b", 32, 4096, 32, 128256, 14336, n_kv_heads=8),
+    _llama("llama-3-8b", 32, 4096, 32, 128256, 14336, n_kv_heads=8, context=8192),
     _llama("llama-2-13b", 40, 5120, 40, 32000, 13824),
-    _llama("llama-65b", 80, 8192, 64, 32000, 22016),
+    _llama("llama-65b", 80, 8192, 64, 32000, 22016, context=2048),  # LLaMA 1
     _llama("llama-2-70b", 80, 8192, 64, 32000, 28672, n_kv_heads=8),
 )}
 PRESET_NAMES = ("gpt2", "gpt2-medium", "lab-gpt2", "llama-2-7b", "llama-3-8b", "llama-2-13b",
@@ -155,7 +172,8 @@ def shape_from_config(config, name: str | None = None) -> ModelShape:
         return ModelShape(name or "llama-config", "llama", c["num_hidden_layers"], c["hidden_size"],
                           c["num_attention_heads"], c["vocab_size"], c["intermediate_size"],
                           c.get("num_key_value_heads"), tied_embeddings=c.get("tie_word_embeddings", False),
-                          dropout=c.get("attention_dropout", 0.0), activation=c.get("hidden_act", "silu"))
+                          dropout=c.get("attention_dropout", 0.0), activation=c.get("hidden_act", "silu"),
+                          context_length=c.get("max_position_embeddings") or 0)
     raise ValueError(f"config model_type must be 'gpt2' or 'llama', got {kind!r}")
 
 

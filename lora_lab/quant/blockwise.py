@@ -52,9 +52,11 @@ def nf4_codebook(offset: float = NF4_OFFSET) -> Tensor:
 
 
 def fp4_codebook() -> Tensor:
-    """FP4 (E2M1: 1 sign, 2 exponent, 1 mantissa bit) in bitsandbytes' bit order.
+    """bitsandbytes' FP4 (1 sign, 2 exponent, 1 mantissa bit) in its bit order.
 
-    Index bits are ``s e1 e0 m``. bitsandbytes stores the exponent field reversed: field
+    Not the OCP/MX E2M1 value set {0, 0.5, 1, 1.5, 2, 3, 4, 6} (see :func:`e2m1_codebook`):
+    scaled to [-1, 1] the two agree except for the smallest non-zero level, 0.0625/12 ≈ 0.0052
+    here against 0.5/6 ≈ 0.083 in E2M1. Index bits are ``s e1 e0 m``. bitsandbytes stores the exponent field reversed: field
     1, 2, 3 means 2³, 2², 2¹, so the magnitude is ``2**(4-e) * (1 + m/2)`` for e ≥ 1 and
     the subnormal ``m * 0.0625`` for e = 0. Magnitudes {0, 0.0625, 2, 3, 4, 6, 8, 12}
     are divided by 12; the sign bit (index + 8) negates. Zero appears twice (indices 0 and 8,
@@ -66,6 +68,46 @@ def fp4_codebook() -> Tensor:
     mags = [(2.0 ** (4 - (b >> 1)) * (1 + (b & 1) / 2)) if b >> 1 else (b & 1) * 0.0625 for b in range(8)]
     values = torch.tensor(mags + [-m if m else 0.0 for m in mags], dtype=torch.float32)  # +0.0 at 8, as bnb
     return values / values.abs().max()
+
+
+def e2m1_codebook() -> Tensor:
+    """OCP/MX FP4 E2M1 magnitudes {0, 0.5, 1, 1.5, 2, 3, 4, 6}, divided by 6, with a sign bit.
+
+    For comparison with bitsandbytes' FP4 (:func:`fp4_codebook`), which shares the sign,
+    exponent and mantissa widths but not the values. Index ``s·8 + magnitude index``; zero
+    appears twice (+0.0 at 0 and 8, as in :func:`fp4_codebook`). It is not one of
+    :data:`CODEBOOKS` (bitsandbytes has no such type); use it with
+    :func:`lora_lab.quant.metrics.fake_quantize`.
+
+    Returns:
+        Tensor (16,) float32 in index order, NOT sorted.
+    """
+    mags = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
+    return torch.tensor(mags + [-m if m else 0.0 for m in mags], dtype=torch.float32) / 6
+
+
+def nf4_paper_codebook(k: int = 4, offset: float = NF4_OFFSET) -> Tensor:
+    """The QLoRA paper's NF4 formula, made finite: averages of adjacent normal quantiles.
+
+    The paper (Dettmers et al. 2023, eq. 4) writes q_i = ½ (Q(i/(2^k+1)) + Q((i+1)/(2^k+1))),
+    i = 0 … 2^k − 1, with Q = Φ⁻¹ the N(0, 1) quantile function. Taken literally its first
+    point is p = 0, where Q = −∞. Here the 2^k + 1 probabilities are spread evenly over
+    [1 − offset, offset] instead (bitsandbytes' offset by default), each adjacent pair of
+    quantiles is averaged and the result divided by its largest value. The type is
+    symmetric, with no exact zero. bitsandbytes' NF4 (:func:`nf4_codebook`) is built
+    differently: no averaging, 8 positive and 7 negative quantiles plus an exact 0.
+
+    Returns:
+        Tensor (2^k,) float64, sorted ascending, from -1.0 to 1.0.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 8:
+        raise ValueError(f"k must be an integer number of bits in [1, 8], got k={k!r}")
+    if not 0.5 < offset < 1:
+        raise ValueError(f"offset must be in (0.5, 1), got offset={offset!r}")
+    p = torch.linspace(1 - offset, offset, 2 ** k + 1, dtype=torch.float64).numpy()
+    z = torch.from_numpy(norm.ppf(p))                               # (2^k + 1,) quantiles
+    q = (z[:-1] + z[1:]) / 2                                         # (2^k,) adjacent averages
+    return q / q.abs().max()
 
 
 def int4_codebook() -> Tensor:

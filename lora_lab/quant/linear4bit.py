@@ -16,7 +16,9 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from lora_lab.quant.blockwise import QuantizedTensor, dequantize_4bit, get_codebook, quantize_4bit
+from lora_lab._util import is_bnb_4bit, is_conv1d
+from lora_lab.lora.baselayer import select_modules
+from lora_lab.quant.blockwise import QuantizedTensor, _check_blocksize, dequantize_4bit, get_codebook, quantize_4bit
 
 _BUFFERS = ("packed", "absmax", "nested_absmax", "nested_offset", "nested_code")
 
@@ -51,7 +53,7 @@ class FrozenLinear4bit(nn.Module):
         """Build from ``nn.Linear`` (weight (out, in)) or GPT-2's ``Conv1D`` (weight (in, out))."""
         if isinstance(layer, nn.Linear):
             weight = layer.weight
-        elif type(layer).__name__ == "Conv1D" and hasattr(layer, "nf"):
+        elif is_conv1d(layer):
             weight = layer.weight.T                                       # (in, out) -> (out, in)
         else:
             raise ValueError(f"layer must be nn.Linear or transformers Conv1D, got {type(layer).__name__}")
@@ -120,9 +122,6 @@ def quantize_model(model: nn.Module, target_modules: Iterable[str] | str = "all-
         ValueError: a bad ``target_modules`` (an entry that matches nothing, a match that is
             not a Linear/Conv1D) or option; the model is unchanged then.
     """
-    from lora_lab.lora.baselayer import _is_bnb_4bit, _is_conv1d, select_modules
-    from lora_lab.quant.blockwise import _check_blocksize
-
     unknown = set(kwargs) - {"codebook", "blocksize", "double_quant", "compute_dtype"}
     if unknown:
         raise ValueError(f"quantize_model got unknown options {sorted(unknown)}; allowed: codebook, "
@@ -136,13 +135,11 @@ def quantize_model(model: nn.Module, target_modules: Iterable[str] | str = "all-
         raise ValueError(f"compute_dtype must be None, torch.float32, torch.float16 or torch.bfloat16, "
                          f"got {dtype!r}")
     names = select_modules(model, target_modules,
-                           lambda m: (isinstance(m, nn.Linear) or _is_conv1d(m)) and not _is_bnb_4bit(m),
+                           lambda m: (isinstance(m, nn.Linear) or is_conv1d(m)) and not is_bnb_4bit(m),
                            what="Linear/Conv1D layers", action="quantize_model cannot quantize")
     new = {}
     for name in names:  # build every replacement first: an error leaves the model unchanged
         new[name] = FrozenLinear4bit.from_linear(model.get_submodule(name), **kwargs)
     for name, layer in new.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, layer)
+        model.set_submodule(name, layer)
     return model

@@ -1,7 +1,9 @@
 """How good is a 4-bit codebook on a given tensor: error, bin usage, and what outliers do.
 
     mse = mean((x - x̂)²),   max_abs_error = max |x - x̂|
-    usage entropy H = -Σ_k p_k log2 p_k over the 16 codes (4 bits = every code used equally)
+    usage entropy H = -Σ_k p_k log2 p_k over the codebook's *distinct levels*
+    (4 bits = 16 distinct levels used equally; int4 and FP4 have 15, two codes meaning 0,
+    so at most log2 15 ≈ 3.907 bits)
 """
 
 from __future__ import annotations
@@ -31,9 +33,26 @@ class QuantError:
         return self.mse ** 0.5
 
     @property
+    def levels(self) -> Tensor:
+        """The codebook's distinct values, sorted ascending ((15,) for int4 and fp4, (16,) for nf4)."""
+        return get_codebook(self.codebook).unique(sorted=True)
+
+    @property
+    def level_counts(self) -> Tensor:
+        """How many values were reconstructed as each distinct level (order of :attr:`levels`).
+
+        Codes with the same value (int4's and FP4's two zeros) are one level: they give the
+        same reconstruction, so they are counted together.
+        """
+        code = get_codebook(self.codebook)
+        which = torch.searchsorted(self.levels, code)                 # code index -> level index
+        return torch.zeros(self.levels.numel(), dtype=torch.int64).index_add_(0, which, self.bin_counts)
+
+    @property
     def usage_entropy(self) -> float:
-        """Entropy of the code histogram in bits (max 4.0 when all 16 codes are equally used)."""
-        p = self.bin_counts.double() / self.bin_counts.sum()
+        """Entropy of the level histogram in bits: at most log2(number of distinct levels),
+        4.0 for NF4, log2 15 ≈ 3.907 for int4 and FP4 (their duplicate zero is one level)."""
+        p = self.level_counts.double() / self.level_counts.sum()
         p = p[p > 0]
         return float(-(p * p.log2()).sum())
 
@@ -71,16 +90,18 @@ def scaled_blocks(x: Tensor, blocksize: int | None = 64) -> Tensor:
     return (padded / absmax).reshape(-1)[: flat.numel()]
 
 
-def fake_quantize(x: Tensor, codebook: str = "nf4", blocksize: int | None = 64) -> Tensor:
+def fake_quantize(x: Tensor, codebook: str | Tensor = "nf4", blocksize: int | None = 64) -> Tensor:
     """Reference absmax quantize→dequantize for any block size, incl. ``None`` (whole tensor).
 
     The same math as :func:`quantize_4bit` (nearest code by :func:`bin_edges`), without
     packing, so that block sizes outside bitsandbytes' [32, 4096] can be explored.
+    ``codebook`` is a name from ``CODEBOOKS`` or any tensor of code values in [-1, 1]
+    (e.g. :func:`lora_lab.quant.blockwise.e2m1_codebook`).
 
     Returns:
         float32 tensor of ``x.shape``.
     """
-    code = get_codebook(codebook)
+    code = codebook.detach().float().reshape(-1) if isinstance(codebook, Tensor) else get_codebook(codebook)
     flat = x.detach().reshape(-1).float()
     bs = flat.numel() if blocksize is None else int(blocksize)
     if bs < 1:

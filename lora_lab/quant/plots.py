@@ -45,21 +45,24 @@ def plot_weight_histogram(scaled: torch.Tensor, edges: Mapping[str, torch.Tensor
 
 
 def plot_bin_usage(counts: Mapping[str, torch.Tensor], *, ax: Axes | None = None) -> Figure:
-    """Share of values in each of the 16 bins (sorted by code value), one bar group per codebook.
+    """Share of values at each level (sorted by value), one bar group per codebook.
 
-    An even 1/16 = 6.25% line marks perfect use of the 4 bits.
+    ``counts`` maps a codebook name to its counts in value order: ``QuantError.level_counts``
+    (one per distinct level: 15 for int4 and FP4, 16 for NF4) or any per-bin counts. An even
+    1/16 = 6.25% line marks perfect use of 16 levels.
     """
     fig, ax = _figure(ax, (7.5, 3.4))
     width = 0.8 / max(len(counts), 1)
+    n_max = max((c.numel() for c in counts.values()), default=16)
     for k, (name, c) in enumerate(counts.items()):
         share = (c.double() / c.sum()).numpy()
-        ax.bar([i + (k - (len(counts) - 1) / 2) * width for i in range(16)], 100 * share, width=width,
-               color=_COLORS.get(name, f"C{k}"), label=name)
-    ax.axhline(100 / 16, color="k", ls=":", lw=1, label="even (6.25%)")
-    ax.set_xticks(range(16))
-    ax.set_xlabel("bin (codes sorted from -1 to 1)")
+        ax.bar([i + (k - (len(counts) - 1) / 2) * width for i in range(c.numel())], 100 * share, width=width,
+               color=_COLORS.get(name, f"C{k}"), label=f"{name} ({c.numel()} levels)")
+    ax.axhline(100 / 16, color="k", ls=":", lw=1, label="even over 16 (6.25%)")
+    ax.set_xticks(range(n_max))
+    ax.set_xlabel("level (sorted from -1 to 1)")
     ax.set_ylabel("% of weights")
-    ax.set_title("How many weights fall in each bin")
+    ax.set_title("How many weights land on each level")
     ax.legend()
     return fig
 

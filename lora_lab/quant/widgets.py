@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipywidgets as W
 import torch
 
-from lora_lab.quant.plots import plot_outlier_damage
-from lora_lab.quant.metrics import outlier_damage
 from lora_lab._widgets import build_explorer
+from lora_lab.quant.metrics import outlier_damage
+from lora_lab.quant.plots import plot_outlier_damage
 
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096, None)   # None: one absmax for the whole tensor
 WHOLE_TENSOR = 0                                              # the slider's value for None
@@ -34,7 +34,8 @@ def outlier_explorer(x: torch.Tensor | None = None, *, blocksize: int | None = 6
         x = torch.randn(16384, generator=torch.Generator().manual_seed(0)) * 0.02
     options = [("tensor", WHOLE_TENSOR) if b is None else (str(b), b) for b in BLOCKSIZES]
     controls = {
-        "blocksize": W.SelectionSlider(options=options, value=WHOLE_TENSOR if blocksize is None else blocksize, description="block size",
+        "blocksize": W.SelectionSlider(options=options, value=WHOLE_TENSOR if blocksize is None else blocksize,
+                                       description="block size",
                                        continuous_update=False, style={"description_width": "initial"},
                                        layout=W.Layout(width="480px")),
         "outlier": W.FloatLogSlider(value=outlier, base=10, min=0, max=3, step=0.05,

@@ -47,7 +47,6 @@ from pathlib import Path
 import nbformat
 import pytest
 
-
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "browser"  # git-ignored
 NOTEBOOKS = sorted(p for p in (REPO / "notebooks").glob("*.ipynb") if not p.name.startswith("."))

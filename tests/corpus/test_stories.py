@@ -4,7 +4,8 @@ import random
 import re
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lora_lab.corpus.facts import QUESTION_TYPES, questions
 from lora_lab.corpus.stories import dialogues, iter_corpus, make_story, pretraining_text, story_rng

@@ -4,9 +4,16 @@ import collections
 
 import pytest
 
-from lora_lab.corpus.task import (PROMPT_TEMPLATE, QUESTION_TYPES, exact_match, leading_match, make_example,
-                           make_split, normalize_answer)
 from lora_lab.corpus.stories import iter_corpus
+from lora_lab.corpus.task import (
+    PROMPT_TEMPLATE,
+    QUESTION_TYPES,
+    exact_match,
+    leading_match,
+    make_example,
+    make_split,
+    normalize_answer,
+)
 
 
 def test_split_is_deterministic_and_disjoint():

@@ -8,12 +8,26 @@ import statistics
 
 import pytest
 
-from lora_lab.experiments.exercises import (best_lr, check_exercise_first_rank, check_exercise_lr_ratio,
-                                            check_exercise_worst_targets, smallest_rank_near_best, worst_targets)
 from lora_lab.experiments import analysis as A
 from lora_lab.experiments.engine import ExperimentConfig, binomial_se, run_experiment
-from lora_lab.experiments.sweep import (GRIDS, adapter_path, all_records, append_record, find_record, grid,
-                                        read_records, run_sweep)
+from lora_lab.experiments.exercises import (
+    best_lr,
+    check_exercise_first_rank,
+    check_exercise_lr_ratio,
+    check_exercise_worst_targets,
+    smallest_rank_near_best,
+    worst_targets,
+)
+from lora_lab.experiments.sweep import (
+    GRIDS,
+    adapter_path,
+    all_records,
+    append_record,
+    find_record,
+    grid,
+    read_records,
+    run_sweep,
+)
 from lora_lab.experiments.tasks import CIPHER_NAMES, cipher_table, make_cipher_example, make_cipher_split
 from lora_lab.experiments.update import amplification, rotate, subspace_similarity
 

@@ -4,10 +4,10 @@ import math
 
 import pytest
 
-from lora_lab.finetune.evaluate import evaluate_task, generate, perplexity
-from lora_lab.finetune.models import load_model, load_tokenizer
 from lora_lab.corpus.stories import iter_corpus
 from lora_lab.corpus.task import make_split
+from lora_lab.finetune.evaluate import evaluate_task, generate, perplexity
+from lora_lab.finetune.models import load_model, load_tokenizer
 
 
 @pytest.fixture(scope="module")

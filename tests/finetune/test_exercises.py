@@ -3,12 +3,16 @@
 import pytest
 from matplotlib.figure import Figure
 
-from lora_lab.finetune.exercises import (check_exercise_bits_per_weight, check_exercise_first_step_over,
-                                      check_exercise_merge_recipe, check_exercise_trainable_params,
-                                      lora_params_all_linear)
-from lora_lab.lora.layer import LoraConfig, add_lora, trainable_parameters
+from lora_lab.finetune.exercises import (
+    check_exercise_bits_per_weight,
+    check_exercise_first_step_over,
+    check_exercise_merge_recipe,
+    check_exercise_trainable_params,
+    lora_params_all_linear,
+)
 from lora_lab.finetune.models import load_model
 from lora_lab.finetune.plots import plot_loss_curves, plot_memory_breakdown
+from lora_lab.lora.layer import LoraConfig, add_lora, trainable_parameters
 
 
 def test_trainable_params_matches_a_real_model():

@@ -1,15 +1,21 @@
 """Loading the shipped model, 4-bit backends, and the error for unknown names."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
-from lora_lab.finetune.models import (SHIPPED_MODEL, ModelLoadError, dequantize_model, load_model, load_tokenizer, model_bytes,
-                             quantized_layers)
 from lora_lab.corpus.task import make_split
+from lora_lab.finetune.models import (
+    SHIPPED_MODEL,
+    ModelLoadError,
+    dequantize_model,
+    load_model,
+    load_tokenizer,
+    model_bytes,
+    quantized_layers,
+)
 from lora_lab.finetune.trainer import collate, encode_examples
 
 
@@ -113,7 +119,8 @@ def test_folder_that_is_not_a_model(tmp_path):
 def test_dequantize_model_makes_merging_exact(batch):
     """dequantize_model keeps the 4-bit model's function (it holds W_dq in fp32), and
     merging an adapter into it equals the unmerged 4-bit model."""
-    from lora_lab.lora.layer import LoraConfig, add_lora, load_adapter, merge_lora, save_adapter
+    from lora_lab.lora.io import load_adapter, save_adapter
+    from lora_lab.lora.layer import LoraConfig, add_lora, merge_lora
 
     def logits(m):
         with torch.no_grad():

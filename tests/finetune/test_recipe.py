@@ -6,7 +6,8 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
 from lora_lab.finetune.evaluate import evaluate_task
-from lora_lab.lora.layer import LoraConfig, load_adapter, save_adapter
+from lora_lab.lora.io import load_adapter, save_adapter
+from lora_lab.lora.layer import LoraConfig
 from lora_lab.finetune.models import load_model, load_tokenizer
 from lora_lab.finetune.recipe import memory_report, prepare_model
 from lora_lab.corpus.task import make_split

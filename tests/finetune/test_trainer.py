@@ -6,12 +6,22 @@ import signal
 import pytest
 import torch
 
-from lora_lab.finetune import trainer as train_mod
-from lora_lab.lora.layer import LoraConfig, add_lora
-from lora_lab.finetune.models import load_model, load_tokenizer
 from lora_lab.corpus.task import make_split
-from lora_lab.finetune.trainer import (CHECKPOINT, TrainConfig, batch_indices, collate, encode_examples, load_checkpoint,
-                            lr_at, make_optimizer, save_checkpoint, train)
+from lora_lab.finetune import trainer as train_mod
+from lora_lab.finetune.models import load_model, load_tokenizer
+from lora_lab.finetune.trainer import (
+    CHECKPOINT,
+    TrainConfig,
+    batch_indices,
+    collate,
+    encode_examples,
+    load_checkpoint,
+    lr_at,
+    make_optimizer,
+    save_checkpoint,
+    train,
+)
+from lora_lab.lora.layer import LoraConfig, add_lora
 
 EXAMPLES = make_split("train", 48)
 

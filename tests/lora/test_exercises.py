@@ -8,7 +8,9 @@ import pytest
 
 from lora_lab._exercises import ExerciseResult
 from lora_lab.lora.exercises import (
-    check_exercise_c_attn_params, check_exercise_first_gradient, check_exercise_rslora_scaling,
+    check_exercise_c_attn_params,
+    check_exercise_first_gradient,
+    check_exercise_rslora_scaling,
 )
 
 C_ATTN_R16 = 12 * 16 * (768 + 2304)  # 12 layers × r·(in + out), c_attn: 768 -> 3·768

@@ -12,9 +12,18 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from lora_lab.lora.layer import (LoraConfig, LoRALinear, add_lora, find_target_modules, load_adapter,
-                           lora_layers, merge_lora, save_adapter, trainable_parameters,
-                           trainable_report, unmerge_lora)
+from lora_lab.lora.io import load_adapter, save_adapter
+from lora_lab.lora.layer import (
+    LoraConfig,
+    LoRALinear,
+    add_lora,
+    find_target_modules,
+    lora_layers,
+    merge_lora,
+    trainable_parameters,
+    trainable_report,
+    unmerge_lora,
+)
 
 peft = pytest.importorskip("peft")
 
@@ -181,7 +190,8 @@ def test_layer_matches_peft(kind, d_in, d_out, r, rs):
 
 
 def test_gpt2_small_counts_match_peft():
-    from peft import LoraConfig as PeftConfig, get_peft_model
+    from peft import LoraConfig as PeftConfig
+    from peft import get_peft_model
     model = GPT2LMHeadModel(GPT2Config())
     add_lora(model, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"]))
     assert trainable_parameters(model) == (405_504, 124_845_312)
@@ -236,7 +246,8 @@ def test_roundtrip_lora_lab_to_peft(tmp_path, rs):
 
 
 def test_roundtrip_peft_to_lora_lab(tmp_path):
-    from peft import LoraConfig as PeftConfig, get_peft_model
+    from peft import LoraConfig as PeftConfig
+    from peft import get_peft_model
     ref = get_peft_model(tiny_gpt2(), PeftConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_fc"],
                                                  init_lora_weights=False)).eval()
     ref.save_pretrained(tmp_path / "peft")
@@ -280,7 +291,7 @@ def test_layer_errors_and_rank_warning():
         LoRALinear(nn.Linear(4, 4), r=0)
     with pytest.raises(ValueError, match="base_layer must be"):
         LoRALinear(nn.Embedding(4, 4), r=1)
-    with pytest.warns(UserWarning, match=r"r=8 is above min\(in_features, out_features\)=4"):
+    with pytest.warns(UserWarning, match=r"r=8 is larger than min\(out_features, in_features\)=4"):
         LoRALinear(nn.Linear(4, 16), r=8)
 
 
@@ -397,7 +408,7 @@ def test_add_lora_on_bnb_quantized_gpt2_counts_like_peft():
     fp_total = sum(p.numel() for p in tiny_gpt2().parameters())
     add_lora(model, LoraConfig(r=2, target_modules="all-linear"))
     trainable, total = trainable_parameters(model)
-    assert trainable == sum(2 * (l.in_features + l.out_features) for _, l in lora_layers(model))
+    assert trainable == sum(2 * (m.in_features + m.out_features) for _, m in lora_layers(model))
     assert total == fp_total + trainable  # Params4bit counted as the weights it stands for
 
 

@@ -114,3 +114,44 @@ def test_exercise_checkers_right_and_wrong():
     assert "options" in check_exercise_first_gradient("C").message
     assert check_exercise_rslora_scaling(2.0)
     assert "√r" in check_exercise_rslora_scaling(0.25).message
+
+
+def test_fit_lora_exact_equivalences():
+    """ΔW = (α/r)·B A: doubling α equals halving A and B's scale... undone exactly by the lr."""
+    from lora_lab.lora.scaling import fit_lora
+    for opt, lr, lr_factor in (("adam", 3e-3, 2 ** -0.5), ("sgd", 0.3, 0.5)):
+        ref = fit_lora(8, lr, opt, steps=20)
+        same = fit_lora(16, lr * lr_factor, opt, steps=20, init_scale=2 ** -0.5)
+        rel = max(abs(a - b) / a for a, b in zip(ref.losses, same.losses))
+        assert rel < (1e-4 if opt == "adam" else 1e-10), (opt, rel)   # Adam: only eps differs
+        assert len(ref.losses) == 21 and ref.final_loss < ref.losses[0]
+
+
+def test_fit_lora_early_steps_adam_alpha_times_lr_sgd_alpha_squared():
+    from lora_lab.lora.scaling import fit_lora
+    def drop(f):
+        return f.losses[0] - f.losses[5]
+    adam = drop(fit_lora(8, 3e-3, "adam", steps=5))
+    assert 0.8 < drop(fit_lora(16, 1.5e-3, "adam", steps=5)) / adam < 1.2      # α·lr
+    assert 1.5 < drop(fit_lora(16, 3e-3, "adam", steps=5)) / adam < 2.5
+    sgd = drop(fit_lora(8, 0.3, "sgd", steps=5))
+    assert 0.8 < drop(fit_lora(16, 0.075, "sgd", steps=5)) / sgd < 1.2         # α²·lr
+    assert 1.5 < drop(fit_lora(16, 0.15, "sgd", steps=5)) / sgd < 2.5
+
+
+def test_fit_lora_rejects_bad_arguments():
+    from lora_lab.lora.scaling import fit_lora
+    with pytest.raises(ValueError, match="optimizer"):
+        fit_lora(8, 1e-3, "rmsprop")
+    with pytest.raises(ValueError, match="lr=0"):
+        fit_lora(8, 0)
+    with pytest.raises(ValueError, match="steps=0"):
+        fit_lora(8, 1e-3, steps=0)
+
+
+def test_alpha_equals_r_is_not_rank_independent():
+    norms = update_norm_vs_rank([1, 16, 64], 16, alpha_equals_r=True)
+    assert set(norms) == {"lora", "rslora", "alpha_eq_r"}
+    grow = norms["alpha_eq_r"][-1] / norms["alpha_eq_r"][0]
+    assert 5 < grow < 12                                    # ~√64 = 8: nothing compensates for r
+    assert "alpha_eq_r" not in update_norm_vs_rank([1], 16)

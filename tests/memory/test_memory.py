@@ -40,6 +40,14 @@ def test_preset_parameter_counts_match_transformers(name, config):
     assert shape_from_config(config).n_params() == real
 
 
+def test_context_lengths():
+    assert [model_shape(m).max_seq_len for m in ("gpt2", "llama-2-7b", "llama-3-8b", "llama-65b")] == \
+        [1024, 4096, 8192, 2048]
+    assert shape_from_config(LlamaConfig(**LLAMA_CONFIGS["llama-3-8b"], max_position_embeddings=8192)) \
+        .max_seq_len == 8192
+    assert model_shape("lab-gpt2").max_rank == 192 and model_shape("llama-3-8b").max_rank == 1024
+
+
 def test_published_sizes():
     assert PRESETS["gpt2"].n_params() == 124_439_808
     assert round(PRESETS["llama-2-7b"].n_params() / 1e9, 2) == 6.74
@@ -163,6 +171,37 @@ CASES = [  # (config, recipe, target_modules, batch, seq)
 def test_predicted_equals_measured(config, recipe, targets, batch, seq):
     pred, meas = compare(config, recipe, r=4, target_modules=targets, batch_size=batch, seq_len=seq)
     _check(pred, meas)
+
+
+@pytest.mark.parametrize("config,targets", [(gpt2(), ("c_attn",)), (gpt2(attn="eager", drop=0.0), "all-linear"),
+                                            (llama(), ("q_proj", "v_proj"))])
+def test_lora_on_bf16_base_matches_and_equals_qlora_activations(config, targets):
+    pred, meas = compare(config, "lora", r=4, target_modules=targets, batch_size=2, seq_len=20, base_dtype="bf16")
+    _check(pred, meas)
+    qpred, qmeas = compare(config, "qlora", r=4, target_modules=targets, batch_size=2, seq_len=20)
+    assert meas.components["activations"] == qmeas.components["activations"]  # same compute dtype
+    frozen = qmeas.components["quantized base"] + qmeas.components["unquantized base"]
+    assert meas.components["unquantized base"] > frozen
+
+
+def test_build_model_base_dtype_is_checked():
+    with pytest.raises(ValueError, match="base_dtype"):
+        compare(gpt2(), "lora", base_dtype="fp16")
+    with pytest.raises(ValueError, match="base_dtype"):
+        compare(gpt2(), "qlora", base_dtype="bf16")
+
+
+def test_param_bytes_by_dtype_sees_peft_kbit_cast():
+    from peft import prepare_model_for_kbit_training
+
+    from lora_lab.memory.measure import build_model, param_bytes_by_dtype
+    model, _ = build_model(gpt2(drop=0.0), "qlora", r=4)
+    before = param_bytes_by_dtype(model)
+    assert set(before) == {"quantized", "bfloat16", "float32"}  # 4-bit base, bf16 rest, fp32 adapters
+    prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    after = param_bytes_by_dtype(model)
+    assert "bfloat16" not in after and after["quantized"] == before["quantized"]
+    assert after["float32"] == before["float32"] + 2 * before["bfloat16"]
 
 
 def test_gpt2_small_lora_within_one_percent():

@@ -249,3 +249,33 @@ def test_bits_per_param_equals_stored_bytes(double_quant):
     offset_bits = 32 / x.numel() if double_quant else 0.0
     assert q.bits_per_param == pytest.approx(bits_per_param(64, double_quant) + offset_bits, abs=1e-12)
     assert q.bits_per_param == pytest.approx(bits_per_param(64, double_quant), abs=1e-5)
+
+
+def test_bnb_fp4_is_not_ocp_e2m1():
+    from lora_lab.quant.blockwise import e2m1_codebook
+    bnb_fp4 = bnbF.get_4bit_type("fp4", device="cpu")
+    assert torch.equal(fp4_codebook(), bnb_fp4)
+    assert sorted(set((bnb_fp4.abs() * 12).tolist())) == [0, 0.0625, 2, 3, 4, 6, 8, 12]
+    e2m1 = e2m1_codebook()
+    assert sorted(set((e2m1.abs() * 6).tolist())) == [0, 0.5, 1, 1.5, 2, 3, 4, 6]
+    diff = (e2m1.sort().values - fp4_codebook().sort().values).abs()
+    assert int((diff > 1e-7).sum()) == 2                            # only ±(smallest non-zero level)
+    assert diff.max() == pytest.approx(0.5 / 6 - 0.0625 / 12)
+
+
+def test_nf4_paper_formula_differs_from_bitsandbytes():
+    from scipy.stats import norm
+    from lora_lab.quant.blockwise import nf4_paper_codebook
+    paper = nf4_paper_codebook()
+    assert paper.shape == (16,) and paper.dtype == torch.float64
+    assert torch.allclose(paper, -paper.flip(0)) and not (paper == 0).any()   # symmetric, no zero
+    assert paper[0] == -1 and paper[-1] == 1 and torch.equal(paper, paper.sort().values)
+    p = torch.linspace(1 - 0.9677083, 0.9677083, 17, dtype=torch.float64).numpy()
+    z = norm.ppf(p)
+    assert paper[3].item() == pytest.approx((z[3] + z[4]) / 2 / ((z[-1] + z[-2]) / 2))
+    assert float((paper - nf4_codebook().double()).abs().max()) > 0.04
+    assert norm.ppf(0.0) == -math.inf                               # the literal formula's first point
+    with pytest.raises(ValueError, match="offset"):
+        nf4_paper_codebook(offset=1.0)
+    with pytest.raises(ValueError, match="k must be"):
+        nf4_paper_codebook(k=0)

@@ -1,5 +1,7 @@
 """lora_lab.quant.metrics: NF4 wins on normal data, bins, outliers and blocks."""
 
+import math
+
 import pytest
 import torch
 
@@ -55,3 +57,31 @@ def test_one_outlier_hurts_a_whole_tensor_but_only_one_block():
         outlier_damage(x, 5, position=10**6)
     with pytest.raises(ValueError, match="blocksize"):
         fake_quantize(x, "nf4", 0)
+
+
+def test_levels_merge_duplicate_zeros():
+    x = _normal(64 * 256, seed=4)
+    errs = {e.codebook: e for e in compare_codebooks(x)}
+    assert [errs[c].levels.numel() for c in ("nf4", "fp4", "int4")] == [16, 15, 15]
+    for e in errs.values():
+        assert int(e.level_counts.sum()) == x.numel() == int(e.bin_counts.sum())
+        assert torch.equal(e.levels, e.levels.sort().values)
+        assert e.usage_entropy <= math.log2(e.levels.numel()) + 1e-12
+    int4 = errs["int4"]   # int4's codes 7 and 8 are both 0: one level holding both counts
+    assert int(int4.level_counts[7]) == int(int4.bin_counts[7] + int4.bin_counts[8])
+    fp4 = errs["fp4"]     # FP4's zeros are codes 0 and 8
+    zero = int((fp4.levels == 0).nonzero())
+    assert int(fp4.level_counts[zero]) == int(fp4.bin_counts[0] + fp4.bin_counts[8])
+    p = int4.level_counts.double() / x.numel()
+    p = p[p > 0]
+    assert int4.usage_entropy == pytest.approx(float(-(p * p.log2()).sum()))
+
+
+def test_fake_quantize_accepts_a_codebook_tensor():
+    from lora_lab.quant.blockwise import e2m1_codebook, get_codebook
+    x = _normal(4096, seed=5)
+    assert torch.equal(fake_quantize(x, get_codebook("fp4"), 64), fake_quantize(x, "fp4", 64))
+    e2m1 = fake_quantize(x, e2m1_codebook(), 64)
+    levels = (e2m1.reshape(-1, 64) / x.reshape(-1, 64).abs().amax(1, keepdim=True)).reshape(-1)
+    allowed = torch.tensor([0, .5, 1, 1.5, 2, 3, 4, 6])
+    assert torch.isin((levels * 6).abs().round(decimals=4), allowed).all()   # every x̂ is ±E2M1 · absmax
