@@ -8,15 +8,15 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from lora_lab._plots import figure_and_axes
 from lora_lab.experiments.analysis import Point
-from lora_lab.rank.plots import _figure
 
 
 def plot_points(lines: Mapping[str, Sequence[Point]], x: str, *, logx: bool = True, base: int = 2,
                 ylabel: str = "held-out exact match", xlabel: str | None = None, title: str = "",
                 percent: bool = True, ax: Axes | None = None) -> Figure:
     """One line per label: mean over seeds at each value of config field ``x``, ± 1 se bars."""
-    fig, ax = _figure(ax)
+    fig, ax = figure_and_axes(ax)
     scale = 100.0 if percent else 1.0
     for label, ps in lines.items():
         xs = [p.config[x] for p in ps]
@@ -36,7 +36,7 @@ def plot_points(lines: Mapping[str, Sequence[Point]], x: str, *, logx: bool = Tr
 def plot_curves(curves: Mapping[str, Sequence[float]], *, title: str = "training loss", logy: bool = True,
                 highlight: str | None = None, ax: Axes | None = None) -> Figure:
     """Training loss per step, one line per label (``highlight`` drawn thick and black)."""
-    fig, ax = _figure(ax)
+    fig, ax = figure_and_axes(ax)
     for label, c in curves.items():
         style = {"color": "black", "lw": 2.2, "zorder": 5} if label == highlight else {"lw": 1.2, "alpha": 0.85}
         ax.plot(range(1, len(c) + 1), c, label=label, **style)
@@ -54,7 +54,7 @@ def plot_curves(curves: Mapping[str, Sequence[float]], *, title: str = "training
 def plot_bars(points: Mapping[str, Point], *, ylabel: str = "held-out exact match", percent: bool = True,
               title: str = "", ax: Axes | None = None) -> Figure:
     """One bar per labelled point, ± 1 se."""
-    fig, ax = _figure(ax)
+    fig, ax = figure_and_axes(ax)
     scale = 100.0 if percent else 1.0
     labels = list(points)
     ax.bar(range(len(labels)), [scale * points[k].mean for k in labels],
@@ -69,7 +69,7 @@ def plot_bars(points: Mapping[str, Point], *, ylabel: str = "held-out exact matc
 def plot_subspace_similarity(phi: torch.Tensor, *, i_label: str = "i (r = 8)", j_label: str = "j (r = 64)",
                              title: str = "φ(A₁, A₂, i, j)", ax: Axes | None = None) -> Figure:
     """Heatmap of the normalized subspace similarity φ(i, j) in [0, 1] (LoRA paper, Fig. 3)."""
-    fig, ax = _figure(ax, size=(6.4, 3.0))
+    fig, ax = figure_and_axes(ax, (6.4, 3.0))
     im = ax.imshow(phi.numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower",
                    extent=(0.5, phi.shape[1] + 0.5, 0.5, phi.shape[0] + 0.5))
     ax.set_xlabel(j_label)

@@ -28,12 +28,11 @@ from torch import nn
 
 from lora_lab.lora.baselayer import get_weight
 from lora_lab.memory.measure import quant_tensors, storage_bytes
-from lora_lab.quant.linear4bit import quantize_model
+from lora_lab.quant.linear4bit import BACKENDS, quantize_model
 
 SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "data" / "lab-gpt2"
 SHIPPED_ALIASES = ("lab-gpt2", "data/lab-gpt2", "./data/lab-gpt2")
 QUANTIZATIONS = (None, "nf4", "fp4")
-BACKENDS = ("bitsandbytes", "lora_lab")
 
 
 class ModelLoadError(OSError):

@@ -8,12 +8,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-
-def _figure(ax: Axes | None, size=(6.4, 3.6)) -> tuple[Figure, Axes]:
-    if ax is not None:
-        return ax.figure, ax
-    fig = Figure(figsize=size, layout="constrained")
-    return fig, fig.subplots()
+from lora_lab._plots import figure_and_axes
 
 
 def plot_loss_curves(losses: Mapping[str, Sequence[float]], *, smooth: int = 10,
@@ -29,7 +24,7 @@ def plot_loss_curves(losses: Mapping[str, Sequence[float]], *, smooth: int = 10,
     """
     if smooth < 1:
         raise ValueError(f"smooth must be >= 1, got {smooth}")
-    fig, ax = _figure(ax)
+    fig, ax = figure_and_axes(ax, (6.4, 3.6))
     for i, (name, ys) in enumerate(losses.items()):
         ys = np.asarray(ys, dtype=float)
         steps = np.arange(1, len(ys) + 1)
@@ -65,7 +60,7 @@ def plot_memory_breakdown(reports: Mapping[str, Mapping[str, int]], *, ax: Axes 
     Args:
         reports: recipe name -> {component: bytes} (e.g. ``MemoryReport.measured``).
     """
-    fig, ax = _figure(ax)
+    fig, ax = figure_and_axes(ax, (6.4, 3.6))
     names = list(reports)
     components = list(next(iter(reports.values())))
     bottom = np.zeros(len(names))

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lora_lab._util import is_conv1d
+from lora_lab.lora.baselayer import ALL_LINEAR
 from lora_lab.lora.layer import LoraConfig, add_lora
 from lora_lab.memory.predict import COMPONENTS, MemoryBreakdown, training_memory
 from lora_lab.memory.shapes import shape_from_config
+from lora_lab.quant.linear4bit import quantize_model
 
 METHOD = ("parameters, gradients, optimizer state: storage bytes after one optimizer step, "
           "each storage once; activations: storages packed by "
@@ -118,32 +119,15 @@ def measure_training_step(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 def quantize_linears_4bit(model: nn.Module, *, compute_dtype=torch.bfloat16,
                           double_quant: bool = True, quant_type: str = "nf4") -> nn.Module:
-    """Replace the blocks' linear layers (nn.Linear, GPT-2 Conv1D) with bnb ``Linear4bit``.
-
-    As transformers' ``BitsAndBytesConfig(load_in_4bit=True)`` does: the output head,
-    embeddings and norms stay in ``compute_dtype``; biases stay unquantized.
-    """
-    import bitsandbytes as bnb
-
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    for name, module in list(model.named_modules()):
-        conv = is_conv1d(module)
-        if module is head or not (conv or isinstance(module, nn.Linear)):
-            continue
-        weight = module.weight.detach().float()
-        weight = weight.T.contiguous() if conv else weight  # Conv1D stores (in, out)
-        out_f, in_f = weight.shape
-        layer = bnb.nn.Linear4bit(in_f, out_f, bias=module.bias is not None, compute_dtype=compute_dtype,
-                                  compress_statistics=double_quant, quant_type=quant_type)
-        layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=double_quant,
-                                         quant_type=quant_type, blocksize=64)
-        if module.bias is not None:
-            layer.bias = nn.Parameter(module.bias.detach().to(compute_dtype), requires_grad=False)
-        model.set_submodule(name, layer.to(module.weight.device))
-    return model
+    """The layout transformers' ``BitsAndBytesConfig(load_in_4bit=True)`` loads: every block
+    linear (nn.Linear, GPT-2 Conv1D) as bnb ``Linear4bit``; the output head, embeddings and
+    norms stay as they are, biases unquantized. :func:`lora_lab.quant.quantize_model` with
+    ``backend="bitsandbytes"``."""
+    return quantize_model(model, ALL_LINEAR, backend="bitsandbytes", codebook=quant_type,
+                          double_quant=double_quant, compute_dtype=compute_dtype)
 
 
-LORA_BASE_DTYPES = ("fp32", "bf16")  # the frozen base of build_model's "lora" recipe
+LORA_BASE_DTYPES = ("fp32", "bf16")  # the frozen base of recipe "lora" in build_model / compare
 
 
 def build_model(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_attn",),
@@ -162,7 +146,6 @@ def build_model(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_
     if base_dtype != "fp32" and recipe != "lora":
         raise ValueError(f"base_dtype={base_dtype!r} applies to recipe 'lora' only, got {recipe!r}")
     from transformers import AutoModelForCausalLM
-
     from transformers.initialization import no_init_weights
 
     with no_init_weights():  # bytes do not depend on values: skip transformers' slow init ...

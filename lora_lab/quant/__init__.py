@@ -48,7 +48,9 @@ from lora_lab.quant.exercises import (  # noqa: F401
     check_exercise_what_is_4bit,
 )
 from lora_lab.quant.linear4bit import (  # noqa: F401
+    BACKENDS,
     FrozenLinear4bit,
+    bnb_linear4bit,
     quantize_model,
 )
 from lora_lab.quant.metrics import (  # noqa: F401

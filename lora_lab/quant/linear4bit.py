@@ -104,15 +104,40 @@ class FrozenLinear4bit(nn.Module):
                 f"compute_dtype={self.compute_dtype}, bias={self.bias is not None}")
 
 
+BACKENDS = ("bitsandbytes", "lora_lab")
+
+
+def bnb_linear4bit(layer: nn.Module, *, codebook: str = "nf4", blocksize: int = 64, double_quant: bool = False,
+                   compute_dtype: torch.dtype | None = None) -> nn.Module:
+    """bitsandbytes' ``Linear4bit`` holding ``layer``'s weight (nn.Linear or GPT-2 Conv1D), as
+    transformers' ``BitsAndBytesConfig(load_in_4bit=True)`` builds it; the bias stays unquantized."""
+    import bitsandbytes as bnb  # here: only this backend needs it, and importing it probes for CUDA
+
+    weight = layer.weight.detach().float()
+    weight = weight.T.contiguous() if is_conv1d(layer) else weight  # Conv1D stores (in, out)
+    compute_dtype = compute_dtype or layer.weight.dtype
+    out_f, in_f = weight.shape
+    new = bnb.nn.Linear4bit(in_f, out_f, bias=layer.bias is not None, compute_dtype=compute_dtype,
+                            compress_statistics=double_quant, quant_type=codebook)
+    new.weight = bnb.nn.Params4bit(weight, requires_grad=False, compress_statistics=double_quant,
+                                   quant_type=codebook, blocksize=blocksize)
+    if layer.bias is not None:
+        new.bias = nn.Parameter(layer.bias.detach().to(compute_dtype), requires_grad=False)
+    return new.to(layer.weight.device)  # bitsandbytes quantizes on this move
+
+
 def quantize_model(model: nn.Module, target_modules: Iterable[str] | str = "all-linear",
-                   **kwargs) -> nn.Module:
-    """Replace Linear/Conv1D submodules by :class:`FrozenLinear4bit` in place (QLoRA step 1).
+                   backend: str = "lora_lab", **kwargs) -> nn.Module:
+    """Replace Linear/Conv1D submodules by 4-bit layers in place (QLoRA step 1): this
+    chapter's :class:`FrozenLinear4bit` (``backend="lora_lab"``) or bitsandbytes'
+    ``Linear4bit`` (``backend="bitsandbytes"``, codebook "nf4" or "fp4").
 
     Args:
         target_modules: which layers, by PEFT's rule (the same as :func:`lora_lab.lora.layer.add_lora`):
             ``"all-linear"`` (every Linear/Conv1D except a transformers model's output head,
             GPT-2's ``lm_head``), a list of names/suffixes such as ``["c_attn", "c_fc"]``, or a
             string, which is a regex that must match the whole module name.
+        backend: "lora_lab" or "bitsandbytes".
         **kwargs: codebook, blocksize, double_quant, compute_dtype.
 
     Returns:
@@ -126,7 +151,11 @@ def quantize_model(model: nn.Module, target_modules: Iterable[str] | str = "all-
     if unknown:
         raise ValueError(f"quantize_model got unknown options {sorted(unknown)}; allowed: codebook, "
                          "blocksize, double_quant, compute_dtype")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     get_codebook(kwargs.get("codebook", "nf4"))  # validate early
+    if backend == "bitsandbytes" and kwargs.get("codebook", "nf4") not in ("nf4", "fp4"):
+        raise ValueError(f"codebook must be 'nf4' or 'fp4' with backend='bitsandbytes', got {kwargs['codebook']!r}")
     _check_blocksize(kwargs.get("blocksize", 64))
     if not isinstance(kwargs.get("double_quant", False), bool):
         raise ValueError(f"double_quant must be True or False, got {kwargs['double_quant']!r}")
@@ -139,7 +168,8 @@ def quantize_model(model: nn.Module, target_modules: Iterable[str] | str = "all-
                            what="Linear/Conv1D layers", action="quantize_model cannot quantize")
     new = {}
     for name in names:  # build every replacement first: an error leaves the model unchanged
-        new[name] = FrozenLinear4bit.from_linear(model.get_submodule(name), **kwargs)
+        build = FrozenLinear4bit.from_linear if backend == "lora_lab" else bnb_linear4bit
+        new[name] = build(model.get_submodule(name), **kwargs)
     for name, layer in new.items():
         model.set_submodule(name, layer)
     return model

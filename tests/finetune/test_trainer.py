@@ -43,7 +43,7 @@ def adapter_weights(model):
 
 @pytest.mark.parametrize("field, value", [("steps", 0), ("batch_size", -1), ("lr", 0.0), ("lr", float("nan")),
                                           ("warmup_steps", -1), ("min_lr_ratio", 1.5), ("max_grad_norm", 0),
-                                          ("optimizer", "sgd"), ("steps", 2.5)])
+                                          ("optimizer", "adam"), ("steps", 2.5)])
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
@@ -155,6 +155,13 @@ def test_train_rejects_bad_calls(tok, tmp_path):
         train(lora_model(), tok, EXAMPLES, TrainConfig(steps=1, checkpoint_every=1), progress=False)
     with pytest.raises(ValueError, match="CUDA"):
         make_optimizer([torch.nn.Parameter(torch.zeros(2))], TrainConfig(optimizer="paged_adamw_8bit"))
+
+
+def test_make_optimizer_builds_each_cpu_optimizer():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    assert type(make_optimizer(p, TrainConfig(optimizer="adamw"))) is torch.optim.AdamW
+    sgd = make_optimizer(p, TrainConfig(optimizer="sgd", lr=0.1, weight_decay=0.01))
+    assert type(sgd) is torch.optim.SGD and sgd.defaults["lr"] == 0.1 and sgd.defaults["weight_decay"] == 0.01
 
 
 def _frozen():

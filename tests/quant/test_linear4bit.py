@@ -7,9 +7,9 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from lora_lab.lora.layer import LoraConfig, LoRALinear, add_lora, merge_lora, trainable_parameters, unmerge_lora
-from lora_lab.quant.linear4bit import FrozenLinear4bit, quantize_model
+from lora_lab.lora.layer import LoraConfig, LoRALinear, add_lora, trainable_parameters
 from lora_lab.quant.blockwise import dequantize_4bit, quantize_4bit
+from lora_lab.quant.linear4bit import FrozenLinear4bit, quantize_model
 
 
 def _linear(d_in=96, d_out=160, seed=0, bias=True):
@@ -158,3 +158,22 @@ def test_quantize_model_targets():
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32))
     quantize_model(model, target_modules=["2"])
     assert isinstance(model[0], nn.Linear) and isinstance(model[2], FrozenLinear4bit)
+
+
+def test_quantize_model_bitsandbytes_backend_is_transformers_layout():
+    """backend="bitsandbytes" builds bnb Linear4bit layers whose packed bytes and outputs are
+    those of bnb quantizing the same weights, and refuses what bnb has no codebook for."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=64, n_head=2, vocab_size=64, n_positions=16)).eval()
+    c_fc = model.transformer.h[0].mlp.c_fc
+    ref = bnb.functional.quantize_4bit(c_fc.weight.detach().T.contiguous(), blocksize=64, quant_type="nf4")[0]
+    with pytest.raises(ValueError, match="codebook must be 'nf4' or 'fp4' with backend='bitsandbytes'"):
+        quantize_model(model, backend="bitsandbytes", codebook="int4")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        quantize_model(model, backend="gptq")
+    assert type(model.transformer.h[0].mlp.c_fc).__name__ == "Conv1D"  # unchanged by the refusals
+    quantize_model(model, backend="bitsandbytes", codebook="nf4", blocksize=64)
+    q = model.transformer.h[0].mlp.c_fc
+    assert type(q).__name__ == "Linear4bit" and q.weight.quant_state.quant_type == "nf4"
+    assert torch.equal(q.weight.data, ref)
+    assert type(model.lm_head).__name__ == "Linear"  # the output head stays, as transformers does
