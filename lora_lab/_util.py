@@ -2,6 +2,7 @@
 
 - layer kinds: :func:`is_conv1d` (GPT-2's transposed linear), :func:`is_bnb_4bit`;
 - :func:`warn_rank_above_min`: the one warning for an ``r`` no matrix of that shape can use;
+- :func:`enable_gradient_checkpointing`: one checkpoint per block, as transformers' Trainer;
 - atomic file writes: a reader sees the old file or the new one, never half of one.
 
 Replacing a submodule by name is torch's own ``model.set_submodule(name, module)``.
@@ -25,6 +26,14 @@ def is_conv1d(layer: nn.Module) -> bool:
 def is_bnb_4bit(layer: nn.Module) -> bool:
     """A bitsandbytes ``Linear4bit`` (its weight is a ``Params4bit``)."""
     return type(getattr(layer, "weight", None)).__name__ == "Params4bit"
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> nn.Module:
+    """Recompute each transformer block in the backward pass instead of storing its
+    activations (non-reentrant, as transformers' ``Trainer`` asks for). Returns ``model``."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
+    return model
 
 
 def warn_rank_above_min(r: int, d_out: int, d_in: int, *, names=("d_out", "d_in"), where: str = "",

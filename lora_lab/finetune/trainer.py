@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from lora_lab._util import atomic_write_bytes
+from lora_lab._util import atomic_write_bytes, enable_gradient_checkpointing
 from lora_lab.corpus.task import Example
 
 CHECKPOINT = "checkpoint.pt"
@@ -335,9 +335,8 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig = T
         ckpt = load_checkpoint(ckpt_path, model, optimizer)
         result.step = result.start_step = ckpt["step"]
         result.losses, result.lrs, result.evals = list(ckpt["losses"]), list(ckpt["lrs"]), list(ckpt["evals"])
-    if config.gradient_checkpointing:  # recompute each block in backward instead of storing it
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     data = encode_examples(tokenizer, examples)
     lengths = [len(x) for x, _ in data]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
