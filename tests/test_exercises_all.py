@@ -1,6 +1,6 @@
 """The contract every chapter's exercise checkers keep, discovered so that new chapters are covered.
 
-Per-chapter tests (tests/test_exercises_<chapter>.py, tests/test_<chapter>_exercises.py) check
+Per-chapter tests (tests/<chapter>/test_exercises.py) check
 the right answers and the hint for each typical mistake. This file checks, for every
 ``check_exercise_*`` in a chapter's ``lora_lab/<chapter>/exercises.py`` and every chapter notebook:
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lora_lab.lora.layer import LoraConfig, add_lora
 from lora_lab.finetune.models import load_model
+from lora_lab.lora.layer import LoraConfig, add_lora
 
 METHODS = ("qlora", "lora", "full")
 

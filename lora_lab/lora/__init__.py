@@ -59,9 +59,9 @@ from lora_lab.lora.plots import (  # noqa: F401
     plot_update_norm_vs_rank,
 )
 from lora_lab.lora.scaling import (  # noqa: F401
+    OPTIMIZERS,
     TIMING_METHOD,
     AlphaEffect,
-    OPTIMIZERS,
     LoraFit,
     MergeLatency,
     compare_merge_latency,

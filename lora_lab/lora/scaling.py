@@ -94,10 +94,15 @@ def fit_lora(lora_alpha: float, lr: float, optimizer: str = "adam", *, r: int = 
 
     The task: a frozen base W₀ (entries N(0, 1/d)), a target W₀ + ΔW* with ΔW* of rank ``r``
     (a product of two standard-normal (d, r), (r, d) matrices times 0.1/√r: entries of std 0.1),
-    n inputs x ~ N(0, I), and the loss
-    mean((W x − (W₀ + ΔW*) x)²). The adapter is :class:`LoRALinear` with PEFT's init
-    (A Kaiming-uniform, B = 0), A then multiplied by ``init_scale``. Everything is float64 and
-    seeded, so a run depends only on its arguments.
+    n inputs x ~ N(0, I), and the loss mean(((W₀ + ΔW) x − (W₀ + ΔW*) x)²). The adapter is
+    :class:`LoRALinear` with PEFT's init (A Kaiming-uniform, B = 0), A then multiplied by
+    ``init_scale``. Everything is float64 and seeded, so a run depends only on its arguments.
+
+    Because ΔW = (α/r)·B A, multiplying α by c is the same as dividing A and B by √c, and the
+    optimizer undoes that exactly if lr is divided by √c (Adam, whose steps do not depend on
+    the gradient's scale; up to its eps) or by c (SGD). So ``fit_lora(c·α, lr/√c, "adam",
+    init_scale=1/√c)`` and ``fit_lora(c·α, lr/c, "sgd", init_scale=1/√c)`` repeat
+    ``fit_lora(α, lr, ...)`` step for step.
 
     Args:
         lora_alpha: > 0; scaling = lora_alpha / r.

@@ -3,74 +3,76 @@ and measured (measure).
 
 One line imports the chapter: ``from lora_lab.memory import ...``.
 """
-from lora_lab.memory import shapes  # noqa: F401
-from lora_lab.memory.shapes import (  # noqa: F401
-    ARCHS,
-    ACTIVATIONS,
-    LAB_GPT2_CONFIG,
-    ModelShape,
-    PRESETS,
-    PRESET_NAMES,
-    shape_from_config,
-    model_shape,
+from lora_lab.memory import (
+    activations,  # noqa: F401
+    exercises,  # noqa: F401
+    measure,  # noqa: F401
+    plots,  # noqa: F401
+    predict,  # noqa: F401
+    shapes,  # noqa: F401
+    widgets,  # noqa: F401
 )
-from lora_lab.memory import activations  # noqa: F401
 from lora_lab.memory.activations import (  # noqa: F401
     ATTN_IMPLEMENTATIONS,
     DEVICES,
     activation_memory,
 )
-from lora_lab.memory import predict  # noqa: F401
-from lora_lab.memory.predict import (  # noqa: F401
-    DTYPE_BYTES,
-    BASE_DTYPES,
-    OPTIMIZERS,
-    COMPONENTS,
-    RECIPES,
-    MemoryBreakdown,
-    quantized_linear_bytes,
-    optimizer_state_bytes,
-    training_memory,
-    bytes_per_trainable_param,
-    judge_claim,
-)
-from lora_lab.memory import measure  # noqa: F401
-from lora_lab.memory.measure import (  # noqa: F401
-    METHOD,
-    storage_bytes,
-    quant_tensors,
-    is_quantized,
-    saved_tensor_meter,
-    Measured,
-    measure_training_step,
-    quantize_linears_4bit,
-    LORA_BASE_DTYPES,
-    build_model,
-    compare,
-    param_bytes_by_dtype,
-)
-from lora_lab.memory import plots  # noqa: F401
-from lora_lab.memory.plots import (  # noqa: F401
-    COLORS,
-    plot_memory_breakdown,
-    plot_predicted_vs_measured,
-)
-from lora_lab.memory import widgets  # noqa: F401
-from lora_lab.memory.widgets import (  # noqa: F401
-    RANKS,
-    SEQ_LENS,
-    BATCH_MAX,
-    memory_breakdowns,
-    memory_readout,
-    memory_explorer,
-)
-from lora_lab.memory import exercises  # noqa: F401
 from lora_lab.memory.exercises import (  # noqa: F401
     EX2_MODEL,
     EX3_D,
     EX4_SETUP,
     check_exercise_adapter_bytes,
+    check_exercise_largest_component,
     check_exercise_nf4_base,
     check_exercise_packed_numel,
-    check_exercise_largest_component,
+)
+from lora_lab.memory.measure import (  # noqa: F401
+    LORA_BASE_DTYPES,
+    METHOD,
+    Measured,
+    build_model,
+    compare,
+    is_quantized,
+    measure_training_step,
+    param_bytes_by_dtype,
+    quant_tensors,
+    quantize_linears_4bit,
+    saved_tensor_meter,
+    storage_bytes,
+)
+from lora_lab.memory.plots import (  # noqa: F401
+    COLORS,
+    plot_memory_breakdown,
+    plot_predicted_vs_measured,
+)
+from lora_lab.memory.predict import (  # noqa: F401
+    BASE_DTYPES,
+    COMPONENTS,
+    DTYPE_BYTES,
+    OPTIMIZERS,
+    RECIPES,
+    MemoryBreakdown,
+    bytes_per_trainable_param,
+    judge_claim,
+    optimizer_state_bytes,
+    quantized_linear_bytes,
+    training_memory,
+)
+from lora_lab.memory.shapes import (  # noqa: F401
+    ACTIVATIONS,
+    ARCHS,
+    LAB_GPT2_CONFIG,
+    PRESET_NAMES,
+    PRESETS,
+    ModelShape,
+    model_shape,
+    shape_from_config,
+)
+from lora_lab.memory.widgets import (  # noqa: F401
+    BATCH_MAX,
+    RANKS,
+    SEQ_LENS,
+    memory_breakdowns,
+    memory_explorer,
+    memory_readout,
 )

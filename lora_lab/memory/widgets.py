@@ -6,10 +6,10 @@ import warnings
 
 import ipywidgets as W
 
-from lora_lab.memory.predict import BASE_DTYPES, COMPONENTS, DTYPE_BYTES, OPTIMIZERS, training_memory
-from lora_lab.memory.plots import plot_memory_breakdown
-from lora_lab.memory.shapes import LAB_GPT2_CONFIG, PRESET_NAMES, model_shape
 from lora_lab._widgets import build_explorer
+from lora_lab.memory.plots import plot_memory_breakdown
+from lora_lab.memory.predict import BASE_DTYPES, COMPONENTS, DTYPE_BYTES, OPTIMIZERS, training_memory
+from lora_lab.memory.shapes import LAB_GPT2_CONFIG, PRESET_NAMES, model_shape
 
 RANKS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 SEQ_LENS = (128, 256, 512, 1024, 2048, 4096, 8192)

@@ -56,7 +56,9 @@ def fp4_codebook() -> Tensor:
 
     Not the OCP/MX E2M1 value set {0, 0.5, 1, 1.5, 2, 3, 4, 6} (see :func:`e2m1_codebook`):
     scaled to [-1, 1] the two agree except for the smallest non-zero level, 0.0625/12 ≈ 0.0052
-    here against 0.5/6 ≈ 0.083 in E2M1. Index bits are ``s e1 e0 m``. bitsandbytes stores the exponent field reversed: field
+    here against 0.5/6 ≈ 0.083 in E2M1.
+
+    Index bits are ``s e1 e0 m``. bitsandbytes stores the exponent field reversed: field
     1, 2, 3 means 2³, 2², 2¹, so the magnitude is ``2**(4-e) * (1 + m/2)`` for e ≥ 1 and
     the subnormal ``m * 0.0625`` for e = 0. Magnitudes {0, 0.0625, 2, 3, 4, 6, 8, 12}
     are divided by 12; the sign bit (index + 8) negates. Zero appears twice (indices 0 and 8,

@@ -13,8 +13,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lora_lab.quant.blockwise import (CODEBOOKS, bin_edges, bits_per_param, dequantize_4bit, get_codebook,
-                            quantize_4bit, unpack_codes)
+from lora_lab.quant.blockwise import (
+    CODEBOOKS,
+    bin_edges,
+    bits_per_param,
+    dequantize_4bit,
+    get_codebook,
+    quantize_4bit,
+    unpack_codes,
+)
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,9 @@ def outlier_damage(x: Tensor, outlier: float, blocksize: int | None = 64, codebo
     deq = fake_quantize(dirty, codebook, blocksize)
     err_dirty = (deq - dirty)[mask]
     bs = flat.numel() if blocksize is None else blocksize
-    bits = bits_per_param(bs) if blocksize is not None and 32 <= bs <= 4096 else 4 + 32 * (-(-flat.numel() // bs)) / flat.numel()
+    if blocksize is not None and 32 <= bs <= 4096:
+        bits = bits_per_param(bs)
+    else:
+        bits = 4 + 32 * (-(-flat.numel() // bs)) / flat.numel()
     return OutlierDamage(blocksize, float(outlier), float((err_clean ** 2).mean()),
                          float((err_dirty ** 2).mean()), float((deq[mask] == 0).double().mean()), bits)

@@ -9,16 +9,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy.stats import norm
 
+from lora_lab._plots import figure_and_axes
 from lora_lab.quant.metrics import OutlierDamage, QuantError
 
 _COLORS = {"nf4": "tab:blue", "fp4": "tab:green", "int4": "tab:orange"}
-
-
-def _figure(ax: Axes | None, size=(6.4, 3.8)) -> tuple[Figure, Axes]:
-    if ax is not None:
-        return ax.figure, ax
-    fig = Figure(figsize=size, layout="constrained")
-    return fig, fig.subplots()
 
 
 def plot_weight_histogram(scaled: torch.Tensor, edges: Mapping[str, torch.Tensor], *, bins: int = 200,
@@ -30,7 +24,7 @@ def plot_weight_histogram(scaled: torch.Tensor, edges: Mapping[str, torch.Tensor
         scaled: (n,) values x / absmax_block (see ``quant_metrics.scaled_blocks``).
         edges: codebook name -> its 15 edges (``quant.bin_edges``).
     """
-    fig, ax = _figure(ax, (7.5, 3.8))
+    fig, ax = figure_and_axes(ax, (7.5, 3.8))
     ax.hist(scaled.double().numpy(), bins=bins, range=(-1, 1), color="0.75", density=True)
     styles = ["-", "--", ":"]
     for k, (name, e) in enumerate(edges.items()):
@@ -51,7 +45,7 @@ def plot_bin_usage(counts: Mapping[str, torch.Tensor], *, ax: Axes | None = None
     (one per distinct level: 15 for int4 and FP4, 16 for NF4) or any per-bin counts. An even
     1/16 = 6.25% line marks perfect use of 16 levels.
     """
-    fig, ax = _figure(ax, (7.5, 3.4))
+    fig, ax = figure_and_axes(ax, (7.5, 3.4))
     width = 0.8 / max(len(counts), 1)
     n_max = max((c.numel() for c in counts.values()), default=16)
     for k, (name, c) in enumerate(counts.items()):
@@ -75,7 +69,7 @@ def plot_nf4_construction(probs_pos: torch.Tensor, probs_neg: torch.Tensor, code
         probs_pos, probs_neg: the probabilities whose Φ⁻¹ gives the positive / negative codes.
         code: the final 16 NF4 values (drawn scaled back by Φ⁻¹(offset) for comparison).
     """
-    fig, ax = _figure(ax, (7.0, 3.8))
+    fig, ax = figure_and_axes(ax, (7.0, 3.8))
     z = torch.linspace(-2.2, 2.2, 400, dtype=torch.float64)
     ax.plot(z.numpy(), norm.cdf(z.numpy()), color="0.4", label="Φ(z), CDF of N(0, 1)")
     zp, zn = norm.ppf(probs_pos.double().numpy()), -norm.ppf(probs_neg.double().numpy())
@@ -92,7 +86,7 @@ def plot_nf4_construction(probs_pos: torch.Tensor, probs_neg: torch.Tensor, code
 
 def plot_codebooks(codebooks: Mapping[str, torch.Tensor], *, ax: Axes | None = None) -> Figure:
     """The 16 values of each codebook on the number line [-1, 1]."""
-    fig, ax = _figure(ax, (7.0, 2.4))
+    fig, ax = figure_and_axes(ax, (7.0, 2.4))
     names = list(codebooks)
     for k, name in enumerate(names):
         v = codebooks[name].sort().values.numpy()
@@ -108,7 +102,7 @@ def plot_codebooks(codebooks: Mapping[str, torch.Tensor], *, ax: Axes | None = N
 
 def plot_quant_errors(errors: Mapping[str, Sequence[QuantError]], *, ax: Axes | None = None) -> Figure:
     """Grouped bars: RMSE of each codebook (bars) on each tensor (groups), relative to int4's."""
-    fig, ax = _figure(ax, (7.0, 3.6))
+    fig, ax = figure_and_axes(ax, (7.0, 3.6))
     groups = list(errors)
     books = [e.codebook for e in errors[groups[0]]]
     width = 0.8 / len(books)
@@ -134,7 +128,7 @@ def plot_outlier_damage(results: Sequence[OutlierDamage], *, current: int | None
         results: one :class:`OutlierDamage` per block size (``None`` = whole tensor, drawn last).
         current: block size to highlight.
     """
-    fig, ax = _figure(ax, (7.0, 3.6))
+    fig, ax = figure_and_axes(ax, (7.0, 3.6))
     labels = ["tensor" if r.blocksize is None else str(r.blocksize) for r in results]
     ax.plot(range(len(results)), [r.damage for r in results], marker="o", color="tab:red",
             label="MSE with outlier / MSE without")

@@ -20,6 +20,8 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
+from lora_lab._util import warn_rank_above_min
+
 __all__ = [
     "ParamCounts", "ReconstructionErrors",
     "singular_values", "matrix_rank", "low_rank_approx", "approx_error", "eckart_young_error",
@@ -63,13 +65,6 @@ def _check_dim(d, name: str) -> int:
     if isinstance(d, bool) or not isinstance(d, int) or d < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {d!r}")
     return d
-
-
-def _warn_if_rank_too_big(r: int, d_out: int, d_in: int, stacklevel: int = 3) -> None:
-    if r > min(d_out, d_in):
-        warnings.warn(f"r={r} is larger than min(d_out, d_in)={min(d_out, d_in)}: a (d_out={d_out}, "
-                      f"d_in={d_in}) matrix has rank at most {min(d_out, d_in)}, so the extra rank "
-                      f"adds parameters but cannot add rank", UserWarning, stacklevel=stacklevel)
 
 
 def _svd(W: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -139,7 +134,7 @@ def low_rank_approx(W, r: int) -> Tensor:
     """
     W = _as_matrix(W)
     r = _check_rank_arg(r)
-    _warn_if_rank_too_big(r, *W.shape)
+    warn_rank_above_min(r, *W.shape)
     U, S, Vh = _svd(W)
     k = min(r, S.numel())
     W_r = (U[:, :k] * S[:k]) @ Vh[:k, :]  # (d_out, k) · (k, d_in) -> (d_out, d_in)
@@ -265,7 +260,7 @@ def lora_param_count(d_out: int, d_in: int, r: int) -> int:
     _check_dim(d_out, "d_out")
     _check_dim(d_in, "d_in")
     r = _check_rank_arg(r)
-    _warn_if_rank_too_big(r, d_out, d_in)
+    warn_rank_above_min(r, d_out, d_in)
     return r * (d_in + d_out)
 
 

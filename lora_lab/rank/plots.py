@@ -8,14 +8,8 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from lora_lab._plots import figure_and_axes
 from lora_lab.rank.lowrank import ReconstructionErrors, break_even_rank, compare_param_counts
-
-
-def _figure(ax: Axes | None, size=(6.4, 3.8)) -> tuple[Figure, Axes]:
-    if ax is not None:
-        return ax.figure, ax
-    fig = Figure(figsize=size, layout="constrained")
-    return fig, fig.subplots()
 
 
 def plot_singular_values(spectra: Mapping[str, torch.Tensor], *, relative: bool = True,
@@ -28,7 +22,7 @@ def plot_singular_values(spectra: Mapping[str, torch.Tensor], *, relative: bool 
         floor: values below it (exact zeros) are drawn at ``floor`` so the log scale shows them.
         ax: draw on this Axes instead of a new Figure.
     """
-    fig, ax = _figure(ax)
+    fig, ax = figure_and_axes(ax, (6.4, 3.8))
     for label, S in spectra.items():
         S = torch.as_tensor(S, dtype=torch.float64)
         y = S / S[0] if relative and S[0] > 0 else S
@@ -50,7 +44,7 @@ def plot_approx_error(curves: Mapping[str, ReconstructionErrors], *, ax: Axes | 
         curves: label -> :class:`ReconstructionErrors` (from ``reconstruction_errors``).
         ax: draw on this Axes instead of a new Figure.
     """
-    fig, ax = _figure(ax)
+    fig, ax = figure_and_axes(ax, (6.4, 3.8))
     for label, c in curves.items():
         line, = ax.plot(c.ranks, c.relative, label=f"{label}: measured")
         norm = c.frobenius[0] / c.relative[0] if c.relative[0] > 0 else 1.0
@@ -81,7 +75,7 @@ def plot_param_counts(d_out: int, d_in: int, r: int, *, r_max: int | None = None
     """
     counts = compare_param_counts(d_out, d_in, r)
     r_max = r_max or max(2 * r, 64)
-    fig, ax = _figure(ax)
+    fig, ax = figure_and_axes(ax, (6.4, 3.8))
     ranks = list(range(1, r_max + 1))
     ax.plot(ranks, [k * (d_in + d_out) for k in ranks], label="LoRA: r (d_in + d_out)")
     ax.axhline(counts.full, color="C3", ls="--", label=f"full: d_out·d_in = {counts.full:,}")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import ipywidgets as W
 
+from lora_lab._widgets import build_explorer
 from lora_lab.rank.lowrank import compare_param_counts
 from lora_lab.rank.plots import plot_param_counts
-from lora_lab._widgets import build_explorer
 
 D_MIN, D_MAX, D_STEP = 8, 8192, 8
 R_MIN, R_MAX = 1, 512

@@ -5,13 +5,13 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
+from lora_lab.corpus.task import make_split
 from lora_lab.finetune.evaluate import evaluate_task
-from lora_lab.lora.io import load_adapter, save_adapter
-from lora_lab.lora.layer import LoraConfig
 from lora_lab.finetune.models import load_model, load_tokenizer
 from lora_lab.finetune.recipe import memory_report, prepare_model
-from lora_lab.corpus.task import make_split
 from lora_lab.finetune.trainer import TrainConfig, collate, encode_examples, train
+from lora_lab.lora.io import load_adapter, save_adapter
+from lora_lab.lora.layer import LoraConfig
 
 CONFIG = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear")
 EVAL = make_split("eval", 60)

@@ -10,8 +10,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 from transformers.pytorch_utils import Conv1D
 
-from lora_lab.lora.io import infer_task_type
-from lora_lab.lora.io import load_adapter, save_adapter
+from lora_lab.lora.io import infer_task_type, load_adapter, save_adapter
 from lora_lab.lora.layer import LoraConfig, add_lora, lora_layers
 
 peft = pytest.importorskip("peft")

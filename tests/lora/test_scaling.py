@@ -6,11 +6,20 @@ import pytest
 import torch
 from torch import nn
 
-from lora_lab.lora.exercises import (check_exercise_c_attn_params, check_exercise_first_gradient,
-                                     check_exercise_rslora_scaling)
+from lora_lab.lora.exercises import (
+    check_exercise_c_attn_params,
+    check_exercise_first_gradient,
+    check_exercise_rslora_scaling,
+)
 from lora_lab.lora.layer import LoRALinear
-from lora_lab.lora.scaling import (compare_merge_latency, compute_alpha_effect, merge_flop_ratio,
-                              scaling_curves, time_forward, update_norm_vs_rank)
+from lora_lab.lora.scaling import (
+    compare_merge_latency,
+    compute_alpha_effect,
+    merge_flop_ratio,
+    scaling_curves,
+    time_forward,
+    update_norm_vs_rank,
+)
 from lora_lab.lora.widgets import alpha_explorer
 
 
@@ -92,7 +101,10 @@ def test_alpha_explorer_sliders_change_readout_and_work_at_extremes(name):
 
 def test_alpha_explorer_directions():
     box = alpha_explorer(r=8, lora_alpha=16)
-    scale = lambda: float(_readout(box).split("scaling = ")[1].split()[0])
+
+    def scale():
+        return float(_readout(box).split("scaling = ")[1].split()[0])
+
     s0 = scale()
     box.controls["lora_alpha"].value = 32
     assert scale() == pytest.approx(2 * s0)
@@ -155,3 +167,11 @@ def test_alpha_equals_r_is_not_rank_independent():
     grow = norms["alpha_eq_r"][-1] / norms["alpha_eq_r"][0]
     assert 5 < grow < 12                                    # ~√64 = 8: nothing compensates for r
     assert "alpha_eq_r" not in update_norm_vs_rank([1], 16)
+
+
+def test_plots_can_add_the_alpha_equals_r_curve():
+    from lora_lab.lora.plots import plot_scaling_vs_rank, plot_update_norm_vs_rank
+    for plot in (plot_scaling_vs_rank, plot_update_norm_vs_rank):
+        plain, extra = plot([1, 4, 16]), plot([1, 4, 16], alpha_equals_r=True)
+        assert len(extra.axes[0].lines) == len(plain.axes[0].lines) + 1
+        assert any("α = r" in line.get_label() for line in extra.axes[0].lines)

@@ -2,8 +2,12 @@
 
 import pytest
 
-from lora_lab.memory.exercises import (check_exercise_adapter_bytes, check_exercise_largest_component,
-                                       check_exercise_nf4_base, check_exercise_packed_numel)
+from lora_lab.memory.exercises import (
+    check_exercise_adapter_bytes,
+    check_exercise_largest_component,
+    check_exercise_nf4_base,
+    check_exercise_packed_numel,
+)
 from lora_lab.memory.predict import training_memory
 
 

@@ -11,10 +11,17 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
 from lora_lab.memory import shapes
 from lora_lab.memory.measure import compare, measure_training_step, quantize_linears_4bit, storage_bytes
-from lora_lab.memory.predict import (BASE_DTYPES, COMPONENTS, OPTIMIZERS, bytes_per_trainable_param,
-                             optimizer_state_bytes, quantized_linear_bytes, training_memory)
-from lora_lab.quant.blockwise import bits_per_param
+from lora_lab.memory.predict import (
+    BASE_DTYPES,
+    COMPONENTS,
+    OPTIMIZERS,
+    bytes_per_trainable_param,
+    optimizer_state_bytes,
+    quantized_linear_bytes,
+    training_memory,
+)
 from lora_lab.memory.shapes import PRESETS, ModelShape, model_shape, shape_from_config
+from lora_lab.quant.blockwise import bits_per_param
 
 warnings.filterwarnings("ignore", message=".*kernels.*")
 

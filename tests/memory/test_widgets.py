@@ -5,11 +5,10 @@ import re
 import pytest
 from matplotlib.figure import Figure
 
-from lora_lab.memory.predict import training_memory
 from lora_lab.memory.plots import plot_memory_breakdown, plot_predicted_vs_measured
+from lora_lab.memory.predict import training_memory
 from lora_lab.memory.shapes import model_shape
-from lora_lab.memory.widgets import (BATCH_MAX, RANKS, SEQ_LENS, memory_breakdowns, memory_explorer,
-                                     model_bounds)
+from lora_lab.memory.widgets import BATCH_MAX, RANKS, SEQ_LENS, memory_breakdowns, memory_explorer, model_bounds
 
 
 def totals(box):

@@ -8,9 +8,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lora_lab.quant.blockwise import (CODEBOOKS, QuantizedTensor, bin_edges, bits_per_param, dequantize_4bit,
-                            fp4_codebook, get_codebook, int4_codebook, nearest_code_index, nf4_codebook,
-                            quantize_4bit, unpack_codes)
+from lora_lab.quant.blockwise import (
+    CODEBOOKS,
+    QuantizedTensor,
+    bin_edges,
+    bits_per_param,
+    dequantize_4bit,
+    fp4_codebook,
+    get_codebook,
+    int4_codebook,
+    nearest_code_index,
+    nf4_codebook,
+    quantize_4bit,
+    unpack_codes,
+)
 from lora_lab.quant.blockwise8 import dynamic_map_8bit
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -265,6 +276,7 @@ def test_bnb_fp4_is_not_ocp_e2m1():
 
 def test_nf4_paper_formula_differs_from_bitsandbytes():
     from scipy.stats import norm
+
     from lora_lab.quant.blockwise import nf4_paper_codebook
     paper = nf4_paper_codebook()
     assert paper.shape == (16,) and paper.dtype == torch.float64

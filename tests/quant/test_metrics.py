@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from lora_lab.quant.blockwise import dequantize_4bit, quantize_4bit
-from lora_lab.quant.metrics import (compare_codebooks, fake_quantize, outlier_damage, quantization_error,
-                                    scaled_blocks)
+from lora_lab.quant.metrics import compare_codebooks, fake_quantize, outlier_damage, quantization_error, scaled_blocks
 
 
 def _normal(n=64 * 1024, seed=0):

@@ -1,16 +1,19 @@
-"""Chapter 03 explorer, figures and exercise checkers."""
+"""Chapter 03 explorer and figures."""
 
 import pytest
 import torch
 from matplotlib.figure import Figure
 
-from lora_lab.quant.exercises import (EX4_OPTIONS, EX5_OPTIONS, check_exercise_7b_size,
-                                      check_exercise_bits_per_param, check_exercise_nf4_index,
-                                      check_exercise_paged_cpu, check_exercise_what_is_4bit)
-from lora_lab.quant.plots import (plot_bin_usage, plot_codebooks, plot_nf4_construction,
-                                  plot_outlier_damage, plot_quant_errors, plot_weight_histogram)
 from lora_lab.quant.blockwise import CODEBOOKS, bin_edges, get_codebook, nf4_codebook
 from lora_lab.quant.metrics import compare_codebooks, outlier_damage, scaled_blocks
+from lora_lab.quant.plots import (
+    plot_bin_usage,
+    plot_codebooks,
+    plot_nf4_construction,
+    plot_outlier_damage,
+    plot_quant_errors,
+    plot_weight_histogram,
+)
 from lora_lab.quant.widgets import BLOCKSIZES, WHOLE_TENSOR, outlier_explorer
 
 X = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 0.02
@@ -61,20 +64,8 @@ def test_figures_are_figures():
     assert all(isinstance(f, Figure) and f.axes for f in figs)
 
 
-def test_exercise_checkers():
-    assert check_exercise_bits_per_param(4 + 8 / 128 + 32 / (128 * 256))
-    assert not check_exercise_bits_per_param(4.25)                 # no double quantization
-    assert "without double" in check_exercise_bits_per_param(4.25).message
-    assert not check_exercise_bits_per_param(None) and not check_exercise_bits_per_param("x")
-    assert check_exercise_7b_size(3.61) and not check_exercise_7b_size(3.5) and not check_exercise_7b_size(14)
-    assert "scales" in check_exercise_7b_size(3.5).message
-    assert check_exercise_nf4_index(12)
-    assert not check_exercise_nf4_index(9) and "scale by the absmax" in check_exercise_nf4_index(9).message
-    assert not check_exercise_nf4_index(10)
-    assert not check_exercise_nf4_index(16) and not check_exercise_nf4_index(None)
-    assert check_exercise_what_is_4bit("W") and not check_exercise_what_is_4bit("lora_A")
-    assert not check_exercise_what_is_4bit("bias")
-    assert check_exercise_paged_cpu("falls back to ordinary memory")
-    assert not check_exercise_paged_cpu("pages to disk")
-    assert set(EX4_OPTIONS) >= {"W"} and len(EX5_OPTIONS) == 4
-    assert str(check_exercise_nf4_index(12)).startswith("Correct")
+def test_bin_usage_plots_levels_of_different_counts():
+    errs = {e.codebook: e for e in compare_codebooks(X)}
+    fig = plot_bin_usage({c: errs[c].level_counts for c in ("int4", "nf4")})
+    bars = [len(c) for c in fig.axes[0].containers]
+    assert bars == [15, 16]

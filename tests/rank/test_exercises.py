@@ -8,8 +8,11 @@ import pytest
 
 from lora_lab._exercises import ExerciseResult
 from lora_lab.rank.exercises import (
-    check_exercise_break_even, check_exercise_eckart_young, check_exercise_lora_params,
-    check_exercise_rank, check_exercise_seed_percentage,
+    check_exercise_break_even,
+    check_exercise_eckart_young,
+    check_exercise_lora_params,
+    check_exercise_rank,
+    check_exercise_seed_percentage,
 )
 
 RIGHT = [

@@ -12,9 +12,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lora_lab.rank.lowrank import (
-    approx_error, break_even_rank, compare_param_counts, compression_ratio, eckart_young_error,
-    energy_captured, full_param_count, lora_param_count, low_rank_approx, matrix_rank,
-    random_low_rank, reconstruction_errors, singular_values,
+    approx_error,
+    break_even_rank,
+    compare_param_counts,
+    compression_ratio,
+    eckart_young_error,
+    energy_captured,
+    full_param_count,
+    lora_param_count,
+    low_rank_approx,
+    matrix_rank,
+    random_low_rank,
+    reconstruction_errors,
+    singular_values,
 )
 
 SHAPES = [(1, 1), (3, 3), (5, 2), (2, 7), (16, 16), (24, 40), (64, 32)]
