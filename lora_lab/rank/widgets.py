@@ -12,7 +12,7 @@ D_MIN, D_MAX, D_STEP = 8, 8192, 8
 R_MIN, R_MAX = 1, 512
 
 
-def param_count_readout(d_in: int, d_out: int, r: int) -> str:
+def param_count_readout(d_out: int, d_in: int, r: int) -> str:
     """HTML summary of :func:`compare_param_counts` for the explorer's readout."""
     c = compare_param_counts(d_out, d_in, r)
     html = (f"full update: <b>{c.full:,}</b> parameters &nbsp;|&nbsp; "
@@ -41,6 +41,6 @@ def param_count_explorer(d_in: int = 4096, d_out: int = 4096, r: int = 8) -> W.V
 
     def update(d_in, d_out, r):
         fig = plot_param_counts(d_out, d_in, r, r_max=max(64, 2 * r))
-        return param_count_readout(d_in, d_out, r), fig
+        return param_count_readout(d_out, d_in, r), fig
 
     return build_explorer(controls, update, title="Full vs LoRA parameters for one weight matrix")

@@ -65,3 +65,4 @@ def test_plots_return_figures_and_use_given_ax():
     rec = reconstruction_errors(torch.randn(8, 8, generator=torch.Generator().manual_seed(2)))
     fig3 = plot_approx_error({"random": rec})
     assert len(fig3.axes[0].lines) == 2
+
