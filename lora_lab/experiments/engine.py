@@ -32,6 +32,7 @@ from lora_lab.corpus.task import make_split
 from lora_lab.experiments.tasks import MIN_K, make_cipher_split
 from lora_lab.finetune.evaluate import evaluate_task, perplexity
 from lora_lab.finetune.models import load_model, load_tokenizer
+from lora_lab.finetune.recipe import METHODS
 from lora_lab.finetune.trainer import OPTIMIZERS as TRAIN_OPTIMIZERS
 from lora_lab.finetune.trainer import TrainConfig, collate, encode_examples, train
 from lora_lab.lora.baselayer import get_weight, is_wrappable
@@ -40,7 +41,6 @@ from lora_lab.lora.layer import LoraConfig, add_lora, lora_layers
 from lora_lab.quant.linear4bit import quantize_model
 
 TASKS = ("qa", "cipher")
-METHODS = ("lora", "qlora", "full")
 QUANT_TYPES = ("nf4", "fp4", "int4")
 #: named target sets of a GPT-2 block (lists follow PEFT's rule: exact name or ".suffix")
 TARGETS = {
