@@ -44,7 +44,6 @@ from lora_lab.finetune.models import (  # noqa: F401
 )
 from lora_lab.finetune.plots import (  # noqa: F401
     plot_loss_curves,
-    plot_memory_breakdown,
 )
 from lora_lab.finetune.recipe import (  # noqa: F401
     METHODS,
@@ -67,3 +66,4 @@ from lora_lab.finetune.trainer import (  # noqa: F401
     save_checkpoint,
     train,
 )
+from lora_lab.memory.plots import plot_memory_breakdown  # noqa: F401  (chapter 04's, re-exported)

@@ -52,25 +52,3 @@ def plot_loss_curves(losses: Mapping[str, Sequence[float]], *, smooth: int = 10,
         ax.legend(fontsize=8)
     ax.set_title("Fine-tuning on the story questions")
     return fig
-
-
-def plot_memory_breakdown(reports: Mapping[str, Mapping[str, int]], *, ax: Axes | None = None) -> Figure:
-    """Stacked bars of training memory (MB) per component, one bar per recipe.
-
-    Args:
-        reports: recipe name -> {component: bytes} (e.g. ``MemoryReport.measured``).
-    """
-    fig, ax = figure_and_axes(ax, (6.4, 3.6))
-    names = list(reports)
-    components = list(next(iter(reports.values())))
-    bottom = np.zeros(len(names))
-    for j, comp in enumerate(components):
-        vals = np.array([reports[n].get(comp, 0) for n in names], dtype=float) / 1e6
-        if vals.sum() == 0:
-            continue
-        ax.bar(names, vals, bottom=bottom, label=comp, color=f"C{j}")
-        bottom += vals
-    ax.set_ylabel("MB")
-    ax.set_title("Training memory by component")
-    ax.legend(fontsize=8)
-    return fig

@@ -18,6 +18,9 @@ import torch
 
 from lora_lab.finetune.models import load_model
 from lora_lab.lora.layer import LoraConfig, add_lora
+from lora_lab.memory.measure import measure_training_step
+from lora_lab.memory.predict import training_memory
+from lora_lab.memory.shapes import shape_from_config
 
 METHODS = ("qlora", "lora", "full")
 
@@ -83,10 +86,6 @@ def memory_report(model, method: str, *, batch_size: int, seq_len: int,
     The measured step runs a throwaway AdamW; the trainable weights are restored after it,
     so the model is exactly as before.
     """
-    from lora_lab.memory.measure import measure_training_step
-    from lora_lab.memory.predict import training_memory
-    from lora_lab.memory.shapes import shape_from_config
-
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     params = [p for p in model.parameters() if p.requires_grad]

@@ -73,45 +73,45 @@ class _Ctx:
         return True
 
 
-def _gpt2_block(S: _Saved, c: _Ctx, l: int, rg: bool) -> bool:
+def _gpt2_block(S: _Saved, c: _Ctx, layer: int, rg: bool) -> bool:
     sh, s, e, m, B, T = c.shape, c.s, c.e, c.m, c.B, c.T
     h, f, a = sh.d_model, sh.d_ff, sh.n_heads
     if rg:  # LayerNorm keeps its input and per-token mean, rstd
-        S.add(f"{l}.ln_1 input", s * h * e)
-        S.add(f"{l}.ln_1 mean+rstd", 2 * s * c.stat)
-    rg_qkv = c.linear(S, "c_attn", f"{l}.ln_1 output", rg, h)
+        S.add(f"{layer}.ln_1 input", s * h * e)
+        S.add(f"{layer}.ln_1 mean+rstd", 2 * s * c.stat)
+    rg_qkv = c.linear(S, "c_attn", f"{layer}.ln_1 output", rg, h)
     if rg_qkv:
         if c.attn == "sdpa":  # flash-style: q, k, v, output + log-sum-exp per row, no T×T matrix
             # CUDA kernels read q, k, v as views of c_attn's (s, 3h) output; torch's CPU kernel
             # copies q and v, while k's view keeps the whole fused output alive: 5·s·h in all
-            S.add(f"{l}.attn q,k,v", (5 if c.device == "cpu" else 3) * s * h * e)
-            S.add(f"{l}.attn output", s * h * e)
-            S.add(f"{l}.attn logsumexp", B * a * T * 4)
+            S.add(f"{layer}.attn q,k,v", (5 if c.device == "cpu" else 3) * s * h * e)
+            S.add(f"{layer}.attn output", s * h * e)
+            S.add(f"{layer}.attn logsumexp", B * a * T * 4)
         else:  # eager / math: softmax(q kᵀ/√d) is (B, a, T, T)
             ae = c.ae
             # q kᵀ and p v copy their operands into (B·a, T, d) batches; with B = 1 the copy of
             # q is a view, which keeps the whole fused (s, 3h) c_attn output alive: 5·s·h
-            S.add(f"{l}.attn q,k,v", (5 if B == 1 and c.attn == "eager" else 3) * s * h * ae)
-            S.add(f"{l}.attn softmax", B * a * T * T * ae)
+            S.add(f"{layer}.attn q,k,v", (5 if B == 1 and c.attn == "eager" else 3) * s * h * ae)
+            S.add(f"{layer}.attn softmax", B * a * T * T * ae)
             if c.dropout:
-                S.add(f"{l}.attn dropout mask", B * a * T * T * (ae if c.device == "cpu" else 1))
-                S.add(f"{l}.attn dropout output", B * a * T * T * ae)
-    rg_proj = c.linear(S, "attn.c_proj", f"{l}.attn output", rg_qkv, h)
+                S.add(f"{layer}.attn dropout mask", B * a * T * T * (ae if c.device == "cpu" else 1))
+                S.add(f"{layer}.attn dropout output", B * a * T * T * ae)
+    rg_proj = c.linear(S, "attn.c_proj", f"{layer}.attn output", rg_qkv, h)
     if c.dropout and rg_proj:
-        S.add(f"{l}.resid dropout 1 mask", s * h * m)
+        S.add(f"{layer}.resid dropout 1 mask", s * h * m)
     rg = rg or rg_proj
     if rg:
-        S.add(f"{l}.ln_2 input", s * h * e)
-        S.add(f"{l}.ln_2 mean+rstd", 2 * s * c.stat)
-    rg_fc = c.linear(S, "c_fc", f"{l}.ln_2 output", rg, h)
+        S.add(f"{layer}.ln_2 input", s * h * e)
+        S.add(f"{layer}.ln_2 mean+rstd", 2 * s * c.stat)
+    rg_fc = c.linear(S, "c_fc", f"{layer}.ln_2 output", rg, h)
     if rg_fc:
         if sh.activation == "gelu_new":  # 0.5x(1+tanh(√(2/π)(x+0.044715x³))) in Python ops
-            S.add(f"{l}.gelu x, tanh, 0.5x, 1+tanh", 4 * s * f * e)
+            S.add(f"{layer}.gelu x, tanh, 0.5x, 1+tanh", 4 * s * f * e)
         else:
-            S.add(f"{l}.act input", s * f * e)
-    rg_mp = c.linear(S, "mlp.c_proj", f"{l}.act output", rg_fc, f)
+            S.add(f"{layer}.act input", s * f * e)
+    rg_mp = c.linear(S, "mlp.c_proj", f"{layer}.act output", rg_fc, f)
     if c.dropout and rg_mp:
-        S.add(f"{l}.resid dropout 2 mask", s * h * m)
+        S.add(f"{layer}.resid dropout 2 mask", s * h * m)
     return rg or rg_mp
 
 
@@ -124,35 +124,35 @@ def _rms(S: _Saved, c: _Ctx, key: str, rg: bool) -> None:
         S.add(f"{key} normalized", c.s * c.shape.d_model * c.e)
 
 
-def _llama_block(S: _Saved, c: _Ctx, l: int, rg: bool) -> bool:
+def _llama_block(S: _Saved, c: _Ctx, layer: int, rg: bool) -> bool:
     sh, s, e, B, T = c.shape, c.s, c.e, c.B, c.T
     h, f, a, kv = sh.d_model, sh.d_ff, sh.n_heads, sh.kv_heads * sh.head_dim
     rg = rg or c.full
-    _rms(S, c, f"{l}.input_layernorm", rg)
-    rgs = [c.linear(S, n, f"{l}.input_layernorm output", rg, h) for n in ("q_proj", "k_proj", "v_proj")]
+    _rms(S, c, f"{layer}.input_layernorm", rg)
+    rgs = [c.linear(S, n, f"{layer}.input_layernorm output", rg, h) for n in ("q_proj", "k_proj", "v_proj")]
     rg_att = any(rgs)
     if rg_att:
         S.add("rotary cos,sin", 2 * B * T * sh.head_dim * e)  # computed once, shared by layers
         if c.attn == "sdpa":  # GQA kernels read k, v at kv heads
-            S.add(f"{l}.attn q,k,v (roped q, k)", s * (h + 2 * kv) * e)
-            S.add(f"{l}.attn output", s * h * e)
-            S.add(f"{l}.attn logsumexp", B * a * T * 4)
+            S.add(f"{layer}.attn q,k,v (roped q, k)", s * (h + 2 * kv) * e)
+            S.add(f"{layer}.attn output", s * h * e)
+            S.add(f"{layer}.attn logsumexp", B * a * T * 4)
         else:  # repeat_kv copies k, v to all heads; softmax in fp32, cast back for @ v
-            S.add(f"{l}.attn q,k,v (k, v repeated)", 3 * s * h * e)
-            S.add(f"{l}.attn softmax fp32", B * a * T * T * 4)
+            S.add(f"{layer}.attn q,k,v (k, v repeated)", 3 * s * h * e)
+            S.add(f"{layer}.attn softmax fp32", B * a * T * T * 4)
             if e != 4:
-                S.add(f"{l}.attn probs", B * a * T * T * e)
-    rg_o = c.linear(S, "o_proj", f"{l}.attn output", rg_att, h)
+                S.add(f"{layer}.attn probs", B * a * T * T * e)
+    rg_o = c.linear(S, "o_proj", f"{layer}.attn output", rg_att, h)
     rg = rg or rg_o
-    _rms(S, c, f"{l}.post_attention_layernorm", rg)
-    rg_g = c.linear(S, "gate_proj", f"{l}.post_attention_layernorm output", rg, h)
-    rg_u = c.linear(S, "up_proj", f"{l}.post_attention_layernorm output", rg, h)
+    _rms(S, c, f"{layer}.post_attention_layernorm", rg)
+    rg_g = c.linear(S, "gate_proj", f"{layer}.post_attention_layernorm output", rg, h)
+    rg_u = c.linear(S, "up_proj", f"{layer}.post_attention_layernorm output", rg, h)
     if rg_g:
-        S.add(f"{l}.silu input", s * f * e)
+        S.add(f"{layer}.silu input", s * f * e)
     if rg_g or rg_u:  # silu(g) · u keeps both factors
-        S.add(f"{l}.silu output", s * f * e)
-        S.add(f"{l}.up output", s * f * e)
-    rg_d = c.linear(S, "down_proj", f"{l}.mlp product", rg_g or rg_u, f)
+        S.add(f"{layer}.silu output", s * f * e)
+        S.add(f"{layer}.up output", s * f * e)
+    rg_d = c.linear(S, "down_proj", f"{layer}.mlp product", rg_g or rg_u, f)
     return rg or rg_d
 
 
@@ -192,9 +192,9 @@ def activation_memory(shape: ModelShape, *, batch_size: int, seq_len: int, full:
     if rg and shape.arch == "gpt2" and c.dropout:
         S.add("out.embedding dropout mask", s * h * c.m)
     per_layer = []
-    for l in range(shape.n_layers):
+    for layer in range(shape.n_layers):
         before = S.total()
-        rg = block(S, c, l, rg)
+        rg = block(S, c, layer, rg)
         per_layer.append(S.total() - before)
     if shape.arch == "gpt2":
         if rg:

@@ -196,7 +196,8 @@ def compare(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_attn
     quant = recipe == "qlora"
     predicted = training_memory(
         shape_from_config(config), recipe, r=r, target_modules=target_modules,
-        base_dtype="nf4" if quant else base_dtype if recipe == "lora" else "fp32", double_quant=True, trainable_dtype="fp32",
+        base_dtype="nf4" if quant else base_dtype if recipe == "lora" else "fp32", double_quant=True,
+        trainable_dtype="fp32",
         compute_dtype="bf16", optimizer="adamw", master_weights=False, batch_size=batch_size,
         seq_len=seq_len, attn_implementation=config._attn_implementation or "sdpa", device=device,
         gradient_checkpointing=gradient_checkpointing, autocast=False)

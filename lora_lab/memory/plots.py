@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
+from lora_lab._plots import figure_and_axes
 from lora_lab.memory.predict import COMPONENTS
 
 COLORS = {
@@ -13,25 +14,23 @@ COLORS = {
 }
 
 
-def _axes(ax, figsize):
-    if ax is not None:
-        return ax.figure, ax
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots()
-
-
 def plot_memory_breakdown(breakdowns: dict, *, ax=None, unit: float = 1e9,
                           unit_name: str = "GB", title: str = "") -> Figure:
-    """Stacked bars, one per setup (label -> MemoryBreakdown), one segment per component.
+    """Stacked bars, one per setup, one segment per component.
+
+    Args:
+        breakdowns: label -> a :class:`MemoryBreakdown` (predicted) or a mapping component ->
+            bytes (measured, e.g. ``MemoryReport.measured``).
 
     Totals are written above the bars; components that are zero everywhere are left out
     of the legend.
     """
-    fig, ax = _axes(ax, (7.5, 4.2))
+    fig, ax = figure_and_axes(ax, (7.5, 4.2), constrained=False)
     labels = list(breakdowns)
+    parts = {k: getattr(b, "components", b) for k, b in breakdowns.items()}
     bottoms = [0.0] * len(labels)
     for comp in COMPONENTS:
-        heights = [breakdowns[k].components[comp] / unit for k in labels]
+        heights = [parts[k].get(comp, 0) / unit for k in labels]
         if not any(heights):
             continue
         ax.bar(labels, heights, bottom=bottoms, color=COLORS[comp], label=comp,
@@ -52,7 +51,7 @@ def plot_predicted_vs_measured(pairs: dict, *, ax=None, tolerance: float = 0.01)
 
     The shaded band is ±``tolerance``; components measured as zero are skipped.
     """
-    fig, ax = _axes(ax, (7.5, 3.6))
+    fig, ax = figure_and_axes(ax, (7.5, 3.6), constrained=False)
     comps = [c for c in COMPONENTS if any(m.components[c] for _, m in pairs.values())]
     width = 0.8 / max(len(pairs), 1)
     for j, (label, (pred, meas)) in enumerate(pairs.items()):

@@ -56,8 +56,13 @@ class MemoryBreakdown:
         return sum(self.components.values())
 
     def gb(self, key: str | None = None) -> float:
-        """A component (or the total) in GB (10⁹ bytes, as GPU vendors count)."""
+        """A component (or the total) in GB of 10⁹ bytes (model sizes are quoted so; GPU memory is
+        sold and reported in binary units: an "80 GB" card has 80 GiB = 80·2³⁰ bytes, see :meth:`gib`)."""
         return (self.total if key is None else self.components[key]) / 1e9
+
+    def gib(self, key: str | None = None) -> float:
+        """A component (or the total) in GiB (2³⁰ bytes), the unit GPU memory is sold and reported in."""
+        return (self.total if key is None else self.components[key]) / 2**30
 
 
 def quantized_linear_bytes(in_features: int, out_features: int, base_dtype: str,

@@ -3,6 +3,7 @@
 import pytest
 from matplotlib.figure import Figure
 
+from lora_lab.finetune import plot_loss_curves, plot_memory_breakdown
 from lora_lab.finetune.exercises import (
     check_exercise_bits_per_weight,
     check_exercise_first_step_over,
@@ -11,7 +12,6 @@ from lora_lab.finetune.exercises import (
     lora_params_all_linear,
 )
 from lora_lab.finetune.models import load_model
-from lora_lab.finetune.plots import plot_loss_curves, plot_memory_breakdown
 from lora_lab.lora.layer import LoraConfig, add_lora, trainable_parameters
 
 
@@ -47,8 +47,9 @@ def test_figures():
     fig = plot_loss_curves({"a": [3.0, 2.0, 1.0] * 10, "b": [2.0] * 30}, smooth=5,
                            evals={"a": [(10, 0.5), (30, 0.9)]})
     assert isinstance(fig, Figure) and len(fig.axes) == 2
-    fig = plot_memory_breakdown({"x": {"weights": 10**6, "activations": 2 * 10**6}, "y": {"weights": 10**5,
-                                                                                           "activations": 0}})
-    assert isinstance(fig, Figure) and fig.axes[0].get_ylabel() == "MB"
+    fig = plot_memory_breakdown({"x": {"trainable weights": 10**6, "activations": 2 * 10**6},
+                                 "y": {"trainable weights": 10**5, "activations": 0}}, unit=1e6, unit_name="MB")
+    assert isinstance(fig, Figure) and fig.axes[0].get_ylabel() == "memory (MB)"
+    assert fig.axes[0].texts[0].get_text() == "3.0 MB"  # a measured dict's components stack
     with pytest.raises(ValueError, match="smooth"):
         plot_loss_curves({"a": [1.0]}, smooth=0)
