@@ -9,21 +9,8 @@ from lora_lab.corpus import (
     task,  # noqa: F401
     words,  # noqa: F401
 )
-from lora_lab.corpus.facts import (  # noqa: F401
-    QUESTION_TYPES,
-    Fact,
-    Question,
-    article,
-    questions,
-)
-from lora_lab.corpus.stories import (  # noqa: F401
-    Story,
-    dialogues,
-    iter_corpus,
-    make_story,
-    pretraining_text,
-    story_rng,
-)
+from lora_lab.corpus.facts import QUESTION_TYPES, Fact, Question, article, questions  # noqa: F401
+from lora_lab.corpus.stories import Story, dialogues, iter_corpus, make_story, pretraining_text, story_rng  # noqa: F401
 from lora_lab.corpus.task import (  # noqa: F401
     PROMPT_TEMPLATE,
     SPLITS,
@@ -35,19 +22,6 @@ from lora_lab.corpus.task import (  # noqa: F401
     normalize_answer,
     shuffled,
 )
-from lora_lab.corpus.words import (  # noqa: F401
-    ADJECTIVES,
-    ANIMAL_DOINGS,
-    ANIMALS,
-    COLOURS,
-    DO_VERBS,
-    ENDINGS,
-    FEELINGS,
-    GET_VERBS,
-    LINKERS,
-    NAMES,
-    OBJECTS,
-    PLACES,
-    TIMES,
-    WEATHER,
-)
+
+# the word lists themselves: lora_lab.corpus.words (ANIMALS, COLOURS, ...); chapter 05 uses these three
+from lora_lab.corpus.words import NAMES, OBJECTS, PLACES  # noqa: F401

@@ -11,13 +11,7 @@ from lora_lab.finetune import (
     recipe,  # noqa: F401
     trainer,  # noqa: F401
 )
-from lora_lab.finetune.evaluate import (  # noqa: F401
-    TaskScore,
-    encode_prompts,
-    evaluate_task,
-    generate,
-    perplexity,
-)
+from lora_lab.finetune.evaluate import TaskScore, encode_prompts, evaluate_task, generate, perplexity  # noqa: F401
 from lora_lab.finetune.exercises import (  # noqa: F401
     check_exercise_bits_per_weight,
     check_exercise_first_step_over,
@@ -42,15 +36,8 @@ from lora_lab.finetune.models import (  # noqa: F401
     quantized_layers,
     resolve_model_path,
 )
-from lora_lab.finetune.plots import (  # noqa: F401
-    plot_loss_curves,
-)
-from lora_lab.finetune.recipe import (  # noqa: F401
-    METHODS,
-    MemoryReport,
-    memory_report,
-    prepare_model,
-)
+from lora_lab.finetune.plots import plot_loss_curves  # noqa: F401
+from lora_lab.finetune.recipe import METHODS, MemoryReport, memory_report, prepare_model  # noqa: F401
 from lora_lab.finetune.trainer import (  # noqa: F401
     CHECKPOINT,
     CHECKPOINT_FORMAT,

@@ -53,11 +53,7 @@ from lora_lab.lora.layer import (  # noqa: F401
     trainable_report,
     unmerge_lora,
 )
-from lora_lab.lora.plots import (  # noqa: F401
-    plot_alpha_effect,
-    plot_scaling_vs_rank,
-    plot_update_norm_vs_rank,
-)
+from lora_lab.lora.plots import plot_alpha_effect, plot_scaling_vs_rank, plot_update_norm_vs_rank  # noqa: F401
 from lora_lab.lora.scaling import (  # noqa: F401
     OPTIMIZERS,
     TIMING_METHOD,
@@ -72,6 +68,4 @@ from lora_lab.lora.scaling import (  # noqa: F401
     time_forward,
     update_norm_vs_rank,
 )
-from lora_lab.lora.widgets import (  # noqa: F401
-    alpha_explorer,
-)
+from lora_lab.lora.widgets import alpha_explorer  # noqa: F401

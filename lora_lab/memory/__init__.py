@@ -12,11 +12,7 @@ from lora_lab.memory import (
     shapes,  # noqa: F401
     widgets,  # noqa: F401
 )
-from lora_lab.memory.activations import (  # noqa: F401
-    ATTN_IMPLEMENTATIONS,
-    DEVICES,
-    activation_memory,
-)
+from lora_lab.memory.activations import ATTN_IMPLEMENTATIONS, DEVICES, activation_memory  # noqa: F401
 from lora_lab.memory.exercises import (  # noqa: F401
     EX2_MODEL,
     EX3_D,
@@ -40,11 +36,7 @@ from lora_lab.memory.measure import (  # noqa: F401
     saved_tensor_meter,
     storage_bytes,
 )
-from lora_lab.memory.plots import (  # noqa: F401
-    COLORS,
-    plot_memory_breakdown,
-    plot_predicted_vs_measured,
-)
+from lora_lab.memory.plots import COLORS, plot_memory_breakdown, plot_predicted_vs_measured  # noqa: F401
 from lora_lab.memory.predict import (  # noqa: F401
     BASE_DTYPES,
     COMPONENTS,
@@ -68,11 +60,4 @@ from lora_lab.memory.shapes import (  # noqa: F401
     model_shape,
     shape_from_config,
 )
-from lora_lab.memory.widgets import (  # noqa: F401
-    BATCH_MAX,
-    RANKS,
-    SEQ_LENS,
-    memory_breakdowns,
-    memory_explorer,
-    memory_readout,
-)
+from lora_lab.memory.widgets import BATCH_MAX, RANKS, SEQ_LENS, memory_breakdowns, memory_explorer, memory_readout  # noqa: F401

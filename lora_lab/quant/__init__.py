@@ -31,11 +31,7 @@ from lora_lab.quant.blockwise import (  # noqa: F401
     quantize_4bit,
     unpack_codes,
 )
-from lora_lab.quant.blockwise8 import (  # noqa: F401
-    dequantize_blockwise_8bit,
-    dynamic_map_8bit,
-    quantize_blockwise_8bit,
-)
+from lora_lab.quant.blockwise8 import dequantize_blockwise_8bit, dynamic_map_8bit, quantize_blockwise_8bit  # noqa: F401
 from lora_lab.quant.exercises import (  # noqa: F401
     EX1_BLOCKSIZE,
     EX2_PARAMS,
@@ -47,12 +43,7 @@ from lora_lab.quant.exercises import (  # noqa: F401
     check_exercise_paged_cpu,
     check_exercise_what_is_4bit,
 )
-from lora_lab.quant.linear4bit import (  # noqa: F401
-    BACKENDS,
-    FrozenLinear4bit,
-    bnb_linear4bit,
-    quantize_model,
-)
+from lora_lab.quant.linear4bit import BACKENDS, FrozenLinear4bit, bnb_linear4bit, quantize_model  # noqa: F401
 from lora_lab.quant.metrics import (  # noqa: F401
     OutlierDamage,
     QuantError,
@@ -70,9 +61,4 @@ from lora_lab.quant.plots import (  # noqa: F401
     plot_quant_errors,
     plot_weight_histogram,
 )
-from lora_lab.quant.widgets import (  # noqa: F401
-    BLOCKSIZES,
-    WHOLE_TENSOR,
-    outlier_explorer,
-    outlier_readout,
-)
+from lora_lab.quant.widgets import BLOCKSIZES, WHOLE_TENSOR, outlier_explorer, outlier_readout  # noqa: F401

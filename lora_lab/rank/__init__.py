@@ -37,12 +37,5 @@ from lora_lab.rank.lowrank import (  # noqa: F401
     reconstruction_errors,
     singular_values,
 )
-from lora_lab.rank.plots import (  # noqa: F401
-    plot_approx_error,
-    plot_param_counts,
-    plot_singular_values,
-)
-from lora_lab.rank.widgets import (  # noqa: F401
-    param_count_explorer,
-    param_count_readout,
-)
+from lora_lab.rank.plots import plot_approx_error, plot_param_counts, plot_singular_values  # noqa: F401
+from lora_lab.rank.widgets import param_count_explorer, param_count_readout  # noqa: F401
