@@ -3,17 +3,25 @@
     python -m lora_lab qlora                           # shipped model, NF4 + DQ, r=8, 150 steps
     python -m lora_lab qlora --model gpt2 --steps 300  # the real GPT-2 (needs internet once)
     python -m lora_lab qlora --out runs/a --resume     # continue an interrupted run
+    torchrun --nproc_per_node 2 -m lora_lab qlora      # DDP: 2 processes share each batch
+    accelerate launch --config_file lora_lab/distributed/accelerate_cpu.yaml -m lora_lab qlora
 
 Prints the task metric before and after, the trainable parameters, predicted and
 measured training memory, and the wall time; saves the adapter in PEFT's format to
 ``OUT/adapter`` and every figure to ``OUT/metrics.json``. Ctrl-C stops after the
 current step and writes a checkpoint; ``--resume`` continues from it.
+
+Launched by torchrun or accelerate (``RANK``/``WORLD_SIZE`` set), every process trains its
+share of each ``--batch-size`` batch under DDP (gloo on CPU, NCCL on GPUs); rank 0 alone
+evaluates, prints and writes the adapter (into a temporary folder renamed when complete), and
+no checkpoints are written. If one process fails, the launch fails and no adapter is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,21 +83,33 @@ def _mb(n: int) -> str:
 
 def run_qlora(args, out=print) -> int:
     """Run the recipe described by parsed ``args``; returns the process exit code."""
+    import torch
+
     from lora_lab.corpus.task import make_split
+    from lora_lab.distributed.ddp import train_ddp
+    from lora_lab.distributed.launch import init_distributed, launched_world, save_adapter_atomic
     from lora_lab.finetune.evaluate import evaluate_task
     from lora_lab.finetune.models import load_tokenizer, model_bytes
     from lora_lab.finetune.recipe import memory_report, prepare_model
     from lora_lab.finetune.trainer import TrainConfig, encode_examples, train
-    from lora_lab.lora.io import save_adapter
     from lora_lab.lora.layer import LoraConfig, trainable_report
 
     t0 = time.time()
+    rank, world_size = launched_world()  # (0, 1) unless torchrun / accelerate launch started us
+    if world_size > 1:
+        if args.resume:
+            raise ValueError(f"--resume: checkpoints are single-process; resume without torchrun "
+                             f"(this launch has {world_size} processes)")
+        init_distributed()
+        if args.device in (None, "cuda") and torch.cuda.is_available():
+            args.device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"  # one GPU per process
+        out = out if rank == 0 else (lambda *a, **k: None)
     lora_config = None if args.method == "full" else LoraConfig(
         r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         target_modules=_targets(args.target_modules))
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                warmup_steps=args.warmup_steps, eval_every=args.eval_every,
-                               checkpoint_every=args.checkpoint_every, seed=args.seed,
+                               checkpoint_every=args.checkpoint_every if world_size == 1 else 0, seed=args.seed,
                                gradient_checkpointing=args.gradient_checkpointing, optimizer=args.optimizer)
     for name in ("train_examples", "eval_examples"):
         if getattr(args, name) < 1:
@@ -109,21 +129,32 @@ def run_qlora(args, out=print) -> int:
     def score(m) -> float:
         return evaluate_task(m, tokenizer, eval_set).exact_match
 
-    before = score(model)  # B = 0 at the start: this is the base model's score
+    before = score(model) if rank == 0 else 0.0  # B = 0 at the start: this is the base model's score
     out(f"exact match before fine-tuning: {100 * before:.1f}% on {len(eval_set)} held-out questions")
     out(trainable_report(model))
     seq_len = max(len(x) for x, _ in encode_examples(tokenizer, train_set[:256]))
-    mem = memory_report(model, args.method, batch_size=args.batch_size, seq_len=seq_len,
+    per_process = max(1, args.batch_size // world_size)
+    mem = memory_report(model, args.method, batch_size=per_process, seq_len=seq_len,
                         lora_config=lora_config, double_quant=args.double_quant, seed=args.seed)
-    out(f"training memory (batch {args.batch_size} x {seq_len} tokens): predicted {_mb(mem.predicted_total)}, "
+    each = " per process" if world_size > 1 else ""
+    out(f"training memory (batch {per_process} x {seq_len} tokens{each}): predicted {_mb(mem.predicted_total)}, "
         f"measured {_mb(mem.measured_total)}")
     for key in mem.predicted:
         out(f"  {key:<18} predicted {_mb(mem.predicted[key]):>10}   measured {_mb(mem.measured[key]):>10}")
     out_dir = Path(args.out)
     t_train = time.time()
-    result = train(model, tokenizer, train_set, train_config, out_dir=out_dir, resume=args.resume,
-                   progress=args.progress,
-                   eval_fn=(lambda m: {"exact_match": score(m)}) if args.eval_every else None)
+    eval_fn = (lambda m: {"exact_match": score(model)}) if args.eval_every and rank == 0 else None
+    if world_size == 1:
+        result = train(model, tokenizer, train_set, train_config, out_dir=out_dir, resume=args.resume,
+                       progress=args.progress, eval_fn=eval_fn)
+    else:
+        out(f"DDP over {world_size} processes ({torch.distributed.get_backend()}): each trains on its share "
+            f"of every batch of {args.batch_size}; checkpoints off")
+        result, counter = train_ddp(model, tokenizer, train_set, train_config, rank=rank, world_size=world_size,
+                                    progress=args.progress, eval_fn=eval_fn)
+        out(f"all-reduced per step: {counter.per_step[-1]:,} bytes (the gradients of the trainable weights only)")
+        if rank != 0:
+            return 0
     train_s = time.time() - t_train
     if result.start_step:
         out(f"resumed from step {result.start_step} ({out_dir / 'checkpoint.pt'})")
@@ -135,7 +166,7 @@ def run_qlora(args, out=print) -> int:
     out(f"exact match after {result.step} steps: {100 * after:.1f}% (before: {100 * before:.1f}%); "
         f"final training loss {sum(result.losses[-10:]) / len(result.losses[-10:]):.3f}")
     if lora_config is not None:
-        path = save_adapter(model, out_dir / "adapter", lora_config, base_model_name_or_path=args.model)
+        path = save_adapter_atomic(model, out_dir / "adapter", lora_config, base_model_name_or_path=args.model)
         size = sum(f.stat().st_size for f in path.iterdir())
         out(f"adapter saved to {path} ({size / 1e3:.0f} kB, PEFT format)")
     wall = time.time() - t0
@@ -182,4 +213,16 @@ def main(argv=None) -> int:
         return 1
     except ValueError as err:
         parser.error(str(err))  # exits with status 2 and the usage line
+    except Exception as err:
+        if "WORLD_SIZE" not in os.environ:
+            raise
+        # one process of a torchrun launch: say which, so the launcher's summary has a reason
+        print(f"error: process RANK={os.environ.get('RANK')} of WORLD_SIZE={os.environ['WORLD_SIZE']} failed "
+              f"({type(err).__name__}: {err}); the launch stops and no adapter is written", file=sys.stderr)
+        return 1
+    finally:
+        if "WORLD_SIZE" in os.environ and args.command == "qlora":
+            from lora_lab.distributed.launch import close_distributed
+
+            close_distributed()
     return 2

@@ -38,6 +38,8 @@ CHAPTERS = (
             "quantize a GPT-2 to NF4, train adapters, measure the effect", "train"),
     Chapter("06_experiments.ipynb", "Experiments",
             "test what r, alpha, targets, init and 4 bits do, from sweeps and a Run button", "experiments"),
+    Chapter("07_many_adapters.ipynb", "Many adapters",
+            "serve two task adapters from one 4-bit base: switch, disable, combine, mixed batches", "adapters"),
 )
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "safetensors", "ipywidgets",

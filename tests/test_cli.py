@@ -79,3 +79,14 @@ def test_unknown_model_offline(tmp_path, capsys, monkeypatch):
     assert main(["qlora", "--model", "no-such-model", "--out", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "Tried" in err and "--model data/lab-gpt2" in err
+
+
+@pytest.mark.parametrize("env, needle", [({"RANK": "0"}, "set both"),
+                                         ({"RANK": "0", "WORLD_SIZE": "2"}, "--resume: checkpoints are single")])
+def test_a_bad_launch_environment_exits_2_before_joining_a_group(env, needle, tmp_path, capsys, monkeypatch):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as exc:
+        main(["qlora", "--out", str(tmp_path), "--resume", *SMALL])
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err

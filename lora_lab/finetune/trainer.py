@@ -14,6 +14,13 @@ fsync, rename): a crash leaves the previous one intact, and hold only tensors, n
 strings, lists and dicts, read back with ``torch.load(weights_only=True)`` (nothing is
 unpickled beyond those). Ctrl-C (SIGINT) finishes the
 current step, writes a checkpoint and returns with ``interrupted=True``.
+
+Several processes (``rank``, ``world_size``; chapter 08, :mod:`lora_lab.distributed`) each
+take their contiguous share of the same global batch and scale their mean loss by
+``world_size · (their answer tokens / the batch's)``, so that the gradients DDP or FSDP
+average over processes are the single-process batch's (up to float summation order, and
+with ``lora_dropout=0``: each process draws the dropout masks of its own share); the logged
+loss is the global one.
 """
 
 from __future__ import annotations
@@ -276,14 +283,33 @@ def load_checkpoint(path: str | Path, model, optimizer) -> dict:
     return ckpt
 
 
-class _StopFlag:
-    """Turns SIGINT into a flag checked between steps (main thread only; restored after)."""
+def rank_share(idx: Sequence[int], data, rank: int, world_size: int) -> tuple[list[int], float]:
+    """Process ``rank``'s contiguous share of global batch ``idx`` (sizes differ by at most one)
+    and the factor on its mean loss that makes the gradient averaged over ``world_size``
+    processes equal the global batch's: ``world_size · its answer tokens / the batch's``
+    (tokens counted as the causal-LM loss counts them, labels after the first)."""
+    base, extra = divmod(len(idx), world_size)
+    start = rank * base + min(rank, extra)
+    mine = list(idx[start:start + base + (rank < extra)])
+    if not mine:
+        raise ValueError(f"a global batch of {len(idx)} examples cannot be split over world_size={world_size} "
+                         "processes; use batch_size >= world_size (and at least as many examples)")
 
-    def __init__(self):
-        self.stop, self._old = False, None
+    def tokens(ids):
+        return sum(sum(y != -100 for y in data[i][1][1:]) for i in ids)
+
+    return mine, world_size * tokens(mine) / max(1, tokens(idx))
+
+
+class _StopFlag:
+    """Turns SIGINT into a flag checked between steps (main thread only; restored after).
+    Off in a multi-process run, where the launcher (torchrun) handles signals."""
+
+    def __init__(self, enabled: bool = True):
+        self.stop, self._old, self.enabled = False, None, enabled
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if self.enabled and threading.current_thread() is threading.main_thread():
             self._old = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -298,7 +324,8 @@ class _StopFlag:
 def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig = TrainConfig(), *,
           eval_fn: Callable[[object], dict] | None = None, out_dir: str | Path | None = None,
           resume: bool = False, progress: bool = True, optimizer=None,
-          step_callback: Callable[[int, float], None] | None = None) -> TrainResult:
+          step_callback: Callable[[int, float], None] | None = None, rank: int = 0,
+          world_size: int = 1) -> TrainResult:
     """Train ``model``'s trainable parameters on ``examples``; see the module docstring.
 
     Args:
@@ -314,6 +341,10 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig = T
         optimizer: use this optimizer instead of :func:`make_optimizer`.
         step_callback: called as ``step_callback(step, loss)`` after each step (a live plot;
             an exception raised there stops training and propagates).
+        rank, world_size: this process's place in a multi-process run (``torch.distributed``
+            initialized, ``model`` wrapped in DDP or sharded by FSDP): it trains on its share of
+            each global batch of ``config.batch_size`` (:func:`rank_share`); no checkpoints, no
+            progress bar but on rank 0, SIGINT left to the launcher. Default: one process.
 
     Returns:
         :class:`TrainResult` (``interrupted=True`` if stopped by SIGINT, checkpoint written).
@@ -324,6 +355,14 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig = T
         raise ValueError("examples must not be empty")
     if (config.checkpoint_every or resume) and out_dir is None:
         raise ValueError("out_dir is needed for checkpoint_every > 0 or resume=True")
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1 \
+            or isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank, world_size must be integers with 0 <= rank < world_size, got {rank!r}, {world_size!r}")
+    if world_size > 1 and (config.checkpoint_every or resume):
+        raise ValueError(f"checkpoint_every={config.checkpoint_every}, resume={resume}: checkpoints are "
+                         "single-process; use checkpoint_every=0 and resume=False with world_size > 1")
+    if world_size > 1 and config.batch_size < world_size:
+        raise ValueError(f"batch_size={config.batch_size} is the global batch and must be >= world_size={world_size}")
     params = list(_trainable(model).values())
     if not params:
         raise ValueError("the model has no trainable parameters (did you forget add_lora?)")
@@ -342,18 +381,26 @@ def train(model, tokenizer, examples: Sequence[Example], config: TrainConfig = T
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     model.train()
     t0 = time.time()
-    bar = tqdm(total=config.steps, initial=result.step, disable=not progress, desc="training", unit="step")
-    with _StopFlag() as flag:
+    bar = tqdm(total=config.steps, initial=result.step, disable=not progress or rank != 0, desc="training",
+               unit="step")
+    with _StopFlag(enabled=world_size == 1) as flag:
         while result.step < config.steps and not flag.stop:
             lr = lr_at(result.step, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             idx = batch_indices(result.step, lengths, config.batch_size, config.seed)
+            if world_size > 1:
+                idx, share = rank_share(idx, data, rank, world_size)
             batch = collate([data[i] for i in idx], pad, device)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(config.seed * 1_000_003 + result.step)  # dropout masks depend on (seed, step)
                 loss = model(**batch).loss
+                if world_size > 1:
+                    loss = loss * share
                 loss.backward()
+            if world_size > 1:  # the global batch's mean loss, as one process would log it
+                loss = loss.detach() / world_size
+                torch.distributed.all_reduce(loss)
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

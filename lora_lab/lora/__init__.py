@@ -1,5 +1,6 @@
 """Chapter 02: the LoRA layer (B A, lora_alpha / r), injecting it into a model, merge/unmerge,
-PEFT-format adapter files, and how lora_alpha, rsLoRA and merging behave.
+PEFT-format adapter files, and how lora_alpha, rsLoRA and merging behave; several named adapters
+on one base (switch, disable, delete, mixed batches, weighted combinations) as PEFT.
 
 One line imports the chapter: ``from lora_lab.lora import ...``.
 """
@@ -8,6 +9,7 @@ from lora_lab.lora import (
     exercises,  # noqa: F401
     io,  # noqa: F401
     layer,  # noqa: F401
+    multi,  # noqa: F401
     plots,  # noqa: F401
     scaling,  # noqa: F401
     widgets,  # noqa: F401
@@ -43,6 +45,8 @@ from lora_lab.lora.io import (  # noqa: F401
     save_adapter,
 )
 from lora_lab.lora.layer import (  # noqa: F401
+    BASE_ADAPTER,
+    DEFAULT_ADAPTER,
     LoraConfig,
     LoRALinear,
     add_lora,
@@ -52,6 +56,16 @@ from lora_lab.lora.layer import (  # noqa: F401
     trainable_parameters,
     trainable_report,
     unmerge_lora,
+)
+from lora_lab.lora.multi import (  # noqa: F401
+    COMBINATION_TYPES,
+    active_adapter,
+    adapter_names,
+    add_weighted_adapter,
+    delete_adapter,
+    disable_adapters,
+    mixed_batch,
+    set_adapter,
 )
 from lora_lab.lora.plots import plot_alpha_effect, plot_scaling_vs_rank, plot_update_norm_vs_rank  # noqa: F401
 from lora_lab.lora.scaling import (  # noqa: F401

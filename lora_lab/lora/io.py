@@ -1,9 +1,10 @@
 """Adapters on disk in PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
 Keys are ``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight``, exactly as
-PEFT writes them, so an adapter saved here loads with ``peft.PeftModel.from_pretrained``
-and one saved by PEFT loads with :func:`load_adapter`. Never pickles; files are written
-atomically.
+PEFT writes them (without the adapter's name), so an adapter saved here loads with
+``peft.PeftModel.from_pretrained`` and one saved by PEFT loads with :func:`load_adapter`.
+Several adapters are laid out as ``PeftModel.save_pretrained`` does: "default" in the folder,
+every other adapter in a subfolder named after it. Never pickles; files are written atomically.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from torch import nn
 
 from lora_lab._util import atomic_write_bytes, atomic_write_text
 from lora_lab.lora.baselayer import is_wrappable, layer_dims, target_matches
-from lora_lab.lora.layer import LoraConfig, LoRALinear, add_lora, lora_layers
+from lora_lab.lora.layer import DEFAULT_ADAPTER, LoraConfig, LoRALinear, add_lora, check_adapter_name, lora_layers
+from lora_lab.lora.multi import _check_loaded, _names
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -52,46 +54,82 @@ def infer_task_type(model: nn.Module) -> str | None:
     return "CAUSAL_LM" if callable(getattr(model, "prepare_inputs_for_generation", None)) else None
 
 
-def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The tensors an adapter file holds, under PEFT's key names."""
-    config = getattr(model, "lora_config", None)
+def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors an adapter file holds, under PEFT's key names (no adapter name in them):
+    adapter ``adapter_name``'s (default: the active one) A and B, and the biases that train
+    if its config has ``bias`` other than "none"."""
+    layers = list(lora_layers(model))
+    name = adapter_name if adapter_name is not None else (layers[0][1].active_adapter if layers else None)
+    return _adapter_tensors(model, layers, name, getattr(model, "lora_configs", {}).get(name))
+
+
+def _adapter_tensors(model: nn.Module, layers, name: str, config) -> dict[str, torch.Tensor]:
     out = {}
-    for name, layer in lora_layers(model):
-        out[f"{PREFIX}{name}.lora_A.weight"] = layer.lora_A.weight.detach()
-        out[f"{PREFIX}{name}.lora_B.weight"] = layer.lora_B.weight.detach()
+    for path, layer in layers:
+        if name in layer.lora_A:
+            out[f"{PREFIX}{path}.lora_A.weight"] = layer.lora_A[name].weight.detach()
+            out[f"{PREFIX}{path}.lora_B.weight"] = layer.lora_B[name].weight.detach()
     if config is not None and config.bias != "none":
-        for name, p in model.named_parameters():
-            if name.endswith("bias") and p.requires_grad:
-                out[PREFIX + name] = p.detach()
+        for path, p in model.named_parameters():
+            if path.endswith("bias") and p.requires_grad:
+                out[PREFIX + path] = p.detach()
     return out
 
 
-def save_adapter(model: nn.Module, path: str | Path, config=None, *,
+def _config_for(model: nn.Module, name: str, loaded: list[str], config):
+    config = config or getattr(model, "lora_configs", {}).get(name)
+    if config is None and loaded == [name]:
+        config = getattr(model, "lora_config", None)
+    if config is None:
+        raise ValueError(f"save_adapter: pass config= (adapter {name!r} was not added with add_lora)")
+    if not isinstance(config, LoraConfig):
+        raise ValueError(f"config must be a lora_lab LoraConfig, got {type(config).__name__}")
+    return config
+
+
+def save_adapter(model: nn.Module, path: str | Path, config=None, *, selected_adapters=None,
                  base_model_name_or_path: str | None = None, task_type: str | None = "auto") -> Path:
     """Write the model's adapters to folder ``path`` in PEFT's format; returns ``path``.
 
+    As ``PeftModel.save_pretrained``: adapter "default" goes to ``path/``, any other adapter
+    to ``path/<adapter_name>/``, each as its own ``adapter_config.json`` +
+    ``adapter_model.safetensors`` (load one with ``PeftModel.from_pretrained(base, folder,
+    adapter_name=...)`` or :func:`load_adapter`).
+
     Args:
+        config: the ``LoraConfig`` to record when one adapter is saved (default: the one
+            :func:`add_lora` remembered for it).
+        selected_adapters: names of the adapters to save (default: all loaded adapters).
         task_type: PEFT's ``task_type`` to record; ``"auto"`` (default) infers it
             (:func:`infer_task_type`: ``"CAUSAL_LM"`` for a generating LM, else ``None``),
             ``None`` or one of :data:`TASK_TYPES` sets it.
 
     Raises:
-        ValueError: if the model has no LoRA layers, no config is known, the adapters are
-            merged, an argument is malformed, or ``path`` cannot be written (an existing
-            file, say); nothing is written then.
+        ValueError: if the model has no LoRA layers, an adapter is unknown or has no known
+            config, adapters are merged, an argument is malformed, or ``path`` cannot be
+            written (an existing file, say); nothing is written then (each file is written
+            atomically, after every file's bytes are built).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(path, (str, PathLike)) or not str(path):
         raise ValueError(f"path must be a folder path (str or Path), got path={path!r}")
-    config = config or getattr(model, "lora_config", None)
     layers = list(lora_layers(model))
     if not layers:
         raise ValueError("save_adapter: model has no LoRA layers (call add_lora first)")
-    if config is None:
-        raise ValueError("save_adapter: pass config= (the model was not built with add_lora)")
-    if not isinstance(config, LoraConfig):
-        raise ValueError(f"config must be a lora_lab LoraConfig, got {type(config).__name__}")
+    loaded = _names(model, layers)
+    if selected_adapters is None:
+        selected = loaded
+    elif isinstance(selected_adapters, str) or not isinstance(selected_adapters, (list, tuple)) \
+            or not selected_adapters:
+        raise ValueError(f"selected_adapters must be a non-empty list of adapter names or None, "
+                         f"got selected_adapters={selected_adapters!r}")
+    else:
+        selected = [_check_loaded(model, layers, n, "selected_adapters entry") for n in selected_adapters]
+    if config is not None and len(selected) != 1:
+        raise ValueError(f"config= describes one adapter, but {len(selected)} are saved ({selected}); "
+                         "pass selected_adapters=[name]")
+    configs = {name: _config_for(model, name, loaded, config) for name in selected}
     if any(layer.merged for _, layer in layers):
         raise ValueError("save_adapter: adapters are merged into the base; unmerge_lora(model) first")
     if base_model_name_or_path is not None and not isinstance(base_model_name_or_path, str):
@@ -101,24 +139,29 @@ def save_adapter(model: nn.Module, path: str | Path, config=None, *,
     elif task_type is not None and task_type not in TASK_TYPES:
         raise ValueError(f"task_type must be 'auto', None or one of {TASK_TYPES}, got task_type={task_type!r}")
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"save_adapter: {path} exists and is not a folder")
-    wrapped = [n for n, _ in layers]
     if base_model_name_or_path is None:
         base_model_name_or_path = getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    cfg = {**_UNSUPPORTED, "peft_type": "LORA", "task_type": task_type, "r": config.r,
-           "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
-           "target_modules": _suffix_targets(model, wrapped), "bias": config.bias,
-           "use_rslora": config.use_rslora, "init_lora_weights": config.init_lora_weights,
-           "fan_in_fan_out": any(layer.fan_in_fan_out for _, layer in layers),
-           "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
-           "revision": None}
-    tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
-    config_text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"  # both built before any write
-    weights = st_save(tensors, metadata={"format": "pt"})
+    files = []  # (folder, weights bytes, config text), all built before any write
+    for name, cfg in configs.items():
+        folder = path if name == DEFAULT_ADAPTER else path / name
+        for p in (folder, folder / WEIGHTS_NAME, folder / CONFIG_NAME):
+            if p.exists() and (p == folder) != p.is_dir():
+                raise ValueError(f"save_adapter: {p} exists and is not a {'folder' if p == folder else 'file'}")
+        wrapped = [(n, layer) for n, layer in layers if name in layer.lora_A]
+        meta = {**_UNSUPPORTED, "peft_type": "LORA", "task_type": task_type, "r": cfg.r,
+                "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
+                "target_modules": _suffix_targets(model, [n for n, _ in wrapped]), "bias": cfg.bias,
+                "use_rslora": cfg.use_rslora, "init_lora_weights": cfg.init_lora_weights,
+                "fan_in_fan_out": any(layer.fan_in_fan_out for _, layer in wrapped),
+                "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
+                "revision": None}
+        tensors = {k: v.contiguous().cpu() for k, v in _adapter_tensors(model, layers, name, cfg).items()}
+        files.append((folder, st_save(tensors, metadata={"format": "pt"}),
+                      json.dumps(meta, indent=2, sort_keys=True) + "\n"))
     try:
-        atomic_write_bytes(path / WEIGHTS_NAME, weights)
-        atomic_write_text(path / CONFIG_NAME, config_text)
+        for folder, weights, config_text in files:
+            atomic_write_bytes(folder / WEIGHTS_NAME, weights)
+            atomic_write_text(folder / CONFIG_NAME, config_text)
     except OSError as err:
         raise ValueError(f"save_adapter: cannot write to {path} ({err.__class__.__name__}: {err})") from err
     return path
@@ -169,32 +212,46 @@ def read_adapter_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
-def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
-    """Add the adapter at ``path`` to ``model`` (or fill the LoRA layers it already has).
+def load_adapter(model: nn.Module, path: str | Path, *, adapter_name: str = DEFAULT_ADAPTER) -> nn.Module:
+    """Load the adapter at ``path`` into ``model`` as adapter ``adapter_name``; returns ``model``.
 
-    Works for adapters saved by lora_lab or by PEFT, with ``bias="none"``, ``"all"`` or
-    ``"lora_only"`` (the biases are stored under the wrapped model's names,
-    ``<layer>.base_layer.bias``, and are mapped onto a fresh base). Everything is checked
-    before the model changes: on an error it is left as it was.
+    - On a model without LoRA layers it wraps the adapter's layers and is the active adapter.
+    - On a model that holds ``adapter_name`` it fills those LoRA layers (same layers, r, scaling).
+    - On a model with other adapters it is added beside them, as PEFT's
+      ``peft_model.load_adapter(path, adapter_name=...)``: not active, not trainable
+      (:func:`lora_lab.lora.multi.set_adapter` switches to it).
+
+    Works for adapters saved by lora_lab or by PEFT (for several adapters saved together,
+    ``path`` is the folder of one: ``root`` for "default", ``root/<name>`` for the others),
+    with ``bias="none"``, ``"all"`` or ``"lora_only"`` (the biases are stored under the
+    wrapped model's names, ``<layer>.base_layer.bias``, and are mapped onto a fresh base;
+    only the first adapter of a model may carry biases). Everything is checked before the
+    model changes: on an error it is left as it was.
 
     Raises:
-        ValueError: for a missing/corrupt file, or keys/shapes that do not match the model
-            (the message names the layer).
+        ValueError: for a missing/corrupt file, keys/shapes that do not match the model (the
+            message names the layer), or a bad ``adapter_name``.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(path, (str, PathLike)) or not str(path):
         raise ValueError(f"path must be an adapter folder (str or Path), got path={path!r}")
+    check_adapter_name(adapter_name)
     config = read_adapter_config(path)
     weights = read_adapter_weights(path)
     layer_names = sorted({k.rsplit(".lora_", 1)[0] for k in weights if ".lora_" in k})
     if not layer_names:
         raise ValueError(f"{path!s}: {WEIGHTS_NAME} holds no lora_A/lora_B tensors")
-    existing = dict(lora_layers(model))
+    any_lora = dict(lora_layers(model))
+    existing = {n: layer for n, layer in any_lora.items() if adapter_name in layer.lora_A}
     if existing and sorted(existing) != layer_names:
         extra = sorted(set(layer_names) ^ set(existing))
-        raise ValueError(f"adapter at {path!s} does not match the model's LoRA layers: layer "
-                         f"{extra[0]!r} is in only one of them")
+        raise ValueError(f"adapter at {path!s} does not match the model's LoRA layers of adapter "
+                         f"{adapter_name!r}: layer {extra[0]!r} is in only one of them")
+    if any_lora and not existing and config.bias != "none":
+        raise ValueError(f"adapter at {path!s} has bias={config.bias!r}; only a model's first adapter may carry "
+                         f"biases (they belong to the base, which all adapters share); this model holds "
+                         f"{_names(model, list(any_lora.items()))}")
     # Check every tensor against the model before changing anything.
     modules = dict(model.named_modules())
     params = dict(model.named_parameters())
@@ -205,9 +262,11 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
             raise ValueError(f"adapter at {path!s} has layer {name!r}, which this "
                              f"{type(model).__name__} does not have as a linear layer "
                              "(is it the same base model?)")
-        if isinstance(module, LoRALinear) and (module.r, module.scaling) != (config.r, config.scaling):
-            raise ValueError(f"adapter at {path!s}: layer {name!r} has r={module.r}, scaling="
-                             f"{module.scaling:g}; the adapter has r={config.r}, scaling={config.scaling:g}")
+        if name in existing:
+            have = (module.r[adapter_name], module.scaling[adapter_name])
+            if have != (config.r, config.scaling):
+                raise ValueError(f"adapter at {path!s}: layer {name!r} has r={have[0]}, scaling={have[1]:g}; "
+                                 f"the adapter has r={config.r}, scaling={config.scaling:g}")
         d_in, d_out = layer_dims(base)
         for part, shape in (("lora_A", (config.r, d_in)), ("lora_B", (d_out, config.r))):
             key = f"{name}.{part}.weight"
@@ -222,7 +281,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
     for key in weights:  # biases (bias="all"/"lora_only"): named as in the wrapped model
         if ".lora_" in key:
             continue
-        target = key if (existing or key in params) else _unwrapped_name(key, layer_names)
+        target = key if key in params else _unwrapped_name(key, layer_names)
         if target not in params or params[target].shape != weights[key].shape:
             shape = tuple(params[target].shape) if target in params else None
             raise ValueError(f"adapter at {path!s}: tensor {key!r} of shape {tuple(weights[key].shape)} "
@@ -230,11 +289,16 @@ def load_adapter(model: nn.Module, path: str | Path) -> nn.Module:
         if weights[key].dtype.is_floating_point and not torch.isfinite(weights[key]).all():
             raise ValueError(f"adapter at {path!s}: tensor {key!r} contains NaN/inf")
     if not existing:
-        add_lora(model, dataclasses.replace(config, target_modules=layer_names))
-        model.lora_config = config
+        add_lora(model, dataclasses.replace(config, target_modules=layer_names), adapter_name=adapter_name)
+        model.lora_configs[adapter_name] = config
+        if not any_lora:
+            model.lora_config = config
     params = dict(model.named_parameters())
     with torch.no_grad():
         for key, tensor in weights.items():
+            if ".lora_" in key:  # <layer>.lora_A.weight -> <layer>.lora_A.<adapter_name>.weight
+                layer, part = key.rsplit(".", 2)[:2]
+                key = f"{layer}.{part}.{adapter_name}.weight"
             params[key].copy_(tensor.to(params[key].dtype))
     return model
 

@@ -7,8 +7,10 @@ Convention (the LoRA paper's and PEFT's; CONTRIBUTING.md, "The A/B convention"):
     scaling      = lora_alpha / r   (rsLoRA: lora_alpha / sqrt(r))
     h = base_layer(x) + lora_B(lora_A(dropout(x))) * scaling
 
-Adapter files (PEFT's on-disk format) live in :mod:`lora_lab.lora.io`; ``lora_lab.lora``
-exports both.
+A layer holds any number of named adapters, as PEFT's ``LoraLayer``: ``layer.lora_A["default"]``
+is the first one's A; :mod:`lora_lab.lora.multi` switches, disables, deletes, mixes and combines
+them model-wide. Adapter files (PEFT's on-disk format) live in :mod:`lora_lab.lora.io`;
+``lora_lab.lora`` exports all three.
 """
 
 from __future__ import annotations
@@ -99,18 +101,39 @@ class LoraConfig:
         return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
 
 
+DEFAULT_ADAPTER = "default"
+BASE_ADAPTER = "__base__"  # in a mixed batch: this example goes through the base model alone (PEFT's name)
+
+
+def check_adapter_name(adapter_name, *, arg: str = "adapter_name") -> str:
+    """``adapter_name`` if it can name an adapter (a key of the ``lora_A`` ModuleDict), else ValueError."""
+    if not isinstance(adapter_name, str) or not adapter_name or "." in adapter_name \
+            or adapter_name == BASE_ADAPTER or hasattr(nn.ModuleDict(), adapter_name):
+        raise ValueError(f"{arg} must be a non-empty string without '.', not {BASE_ADAPTER!r} and not a "
+                         f"ModuleDict attribute, got {arg}={adapter_name!r}")
+    return adapter_name
+
+
 class LoRALinear(nn.Module):
-    """A frozen ``base_layer`` plus a trainable low-rank update ``B A`` scaled by ``scaling``.
+    """A frozen ``base_layer`` plus named low-rank updates ``B A``, each scaled by its ``scaling``.
 
     ``base_layer`` may be ``nn.Linear``, GPT-2's ``Conv1D`` (weight stored (in, out),
     PEFT's ``fan_in_fan_out``), ``bitsandbytes.nn.Linear4bit`` or lora_lab's 4-bit layer.
+
+    As PEFT's ``LoraLayer``, the layer holds any number of adapters, keyed by name:
+    ``lora_A``, ``lora_B``, ``lora_dropout`` are ``nn.ModuleDict``s and ``r``, ``lora_alpha``,
+    ``scaling``, ``use_rslora`` dicts. The first adapter is called ``adapter_name``
+    ("default"); :meth:`update_layer` adds more. The forward uses ``active_adapter`` only
+    (none if the layer does not hold it, or while ``disable_adapters``); ``merged_adapters``
+    lists those folded into the base weight.
 
     Shapes: x (..., in_features) -> (..., out_features).
     """
 
     def __init__(self, base_layer: nn.Module, r: int = 8, lora_alpha: float = 8,
                  lora_dropout: float = 0.0, use_rslora: bool = False,
-                 init_lora_weights: bool | str = True, generator: torch.Generator | None = None):
+                 init_lora_weights: bool | str = True, generator: torch.Generator | None = None, *,
+                 adapter_name: str = DEFAULT_ADAPTER):
         super().__init__()
         if not is_wrappable(base_layer):
             raise ValueError(f"base_layer must be nn.Linear, transformers Conv1D or a 4-bit linear "
@@ -118,80 +141,202 @@ class LoRALinear(nn.Module):
         _check_hparams(r, lora_alpha, lora_dropout, use_rslora, init_lora_weights)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        check_adapter_name(adapter_name)
         w = getattr(base_layer, "weight", None)
         if isinstance(w, torch.Tensor) and w.dtype.is_floating_point and not torch.isfinite(w).all():
             raise ValueError(f"base_layer.weight has {int((~torch.isfinite(w)).sum())} NaN/inf "
                              "values; LoRA needs a finite base weight")
         self.base_layer = base_layer.requires_grad_(False)  # W is frozen: no grad, no optimizer state
         self.in_features, self.out_features = layer_dims(base_layer)
-        warn_rank_above_min(r, self.out_features, self.in_features, names=("out_features", "in_features"))
-        self.r, self.lora_alpha, self.use_rslora = r, lora_alpha, use_rslora
-        self.scaling = lora_alpha / (math.sqrt(r) if use_rslora else r)
         self.fan_in_fan_out = is_conv1d(base_layer)
-        dtype = _float_dtype(base_layer)
-        device = next(base_layer.parameters(), torch.empty(0)).device
-        self.lora_dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
-        # Built and initialized on the CPU (where a seeded generator lives, so the same seed
-        # gives the same adapter on any device), then moved next to the base weight.
-        self.lora_A = nn.Linear(self.in_features, r, bias=False, dtype=dtype)
-        self.lora_B = nn.Linear(r, self.out_features, bias=False, dtype=dtype)
-        self.reset_lora_parameters(init_lora_weights, generator=generator)
-        self.lora_A.to(device)
-        self.lora_B.to(device)
-        self.merged = False
+        self.lora_A, self.lora_B, self.lora_dropout = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
+        self.r: dict[str, int] = {}
+        self.lora_alpha: dict[str, float] = {}
+        self.scaling: dict[str, float] = {}
+        self.use_rslora: dict[str, bool] = {}
+        self.merged_adapters: list[str] = []
+        self._active_adapter = adapter_name
+        self._disable_adapters = False
+        self._mixed_adapter_names: list[str] | None = None  # set by lora_lab.lora.multi.mixed_batch
+        self.update_layer(adapter_name, r, lora_alpha, lora_dropout, use_rslora, init_lora_weights,
+                          generator, _stacklevel=3)
+
+    # ------------------------------------------------------------------ adapters held
+
+    @property
+    def active_adapter(self) -> str:
+        """The adapter the forward uses (set with :meth:`set_adapter`)."""
+        return self._active_adapter
+
+    @property
+    def disable_adapters(self) -> bool:
+        """True while the forward is the base layer's alone (set with :meth:`enable_adapters`)."""
+        return self._disable_adapters
+
+    @property
+    def merged(self) -> bool:
+        """Whether any adapter is folded into the base weight."""
+        return bool(self.merged_adapters)
+
+    def update_layer(self, adapter_name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
+                     use_rslora: bool = False, init_lora_weights: bool | str = True,
+                     generator: torch.Generator | None = None, *, _stacklevel: int = 2) -> None:
+        """Add adapter ``adapter_name`` (PEFT's ``update_layer``); it trains only if it is the active one.
+
+        A and B are built and initialized on the CPU (where a seeded generator lives, so the
+        same seed gives the same adapter on any device), then moved next to the base weight.
+        On an error the layer is left as it was.
+        """
+        check_adapter_name(adapter_name)
+        if adapter_name in self.lora_A:
+            raise ValueError(f"adapter_name={adapter_name!r} is already in this layer ({list(self.lora_A)})")
+        _check_hparams(r, lora_alpha, lora_dropout, use_rslora, init_lora_weights)
+        warn_rank_above_min(r, self.out_features, self.in_features, names=("out_features", "in_features"),
+                            stacklevel=_stacklevel)
+        dtype = _float_dtype(self.base_layer)
+        device = next(self.base_layer.parameters(), torch.empty(0)).device
+        self.lora_dropout[adapter_name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.lora_A[adapter_name] = nn.Linear(self.in_features, r, bias=False, dtype=dtype)
+        self.lora_B[adapter_name] = nn.Linear(r, self.out_features, bias=False, dtype=dtype)
+        self.r[adapter_name], self.lora_alpha[adapter_name] = r, lora_alpha
+        self.use_rslora[adapter_name] = use_rslora
+        self.scaling[adapter_name] = lora_alpha / (math.sqrt(r) if use_rslora else r)
+        try:
+            self.reset_lora_parameters(adapter_name, init_lora_weights, generator=generator)
+        except BaseException:
+            self._remove_adapter(adapter_name)
+            raise
+        self.lora_A[adapter_name].to(device)
+        self.lora_B[adapter_name].to(device)
+        for part in (self.lora_A, self.lora_B):
+            part[adapter_name].requires_grad_(adapter_name == self._active_adapter)
+
+    def _remove_adapter(self, adapter_name: str) -> None:
+        for store in (self.lora_A, self.lora_B, self.lora_dropout, self.r, self.lora_alpha, self.scaling,
+                      self.use_rslora):
+            if adapter_name in store:
+                del store[adapter_name]
+
+    def _check_holds(self, adapter_name: str) -> str:
+        if adapter_name not in self.lora_A:
+            raise ValueError(f"adapter_name={adapter_name!r} is not in this layer; it holds {list(self.lora_A)}")
+        return adapter_name
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the active adapter (it need not be in this layer: then the
+        forward is the base's). As PEFT, the active adapter's A and B train, the others are frozen."""
+        check_adapter_name(adapter_name)
+        for part in (self.lora_A, self.lora_B):
+            for name, module in part.items():
+                module.requires_grad_(name == adapter_name)
+        self._active_adapter = adapter_name
+
+    def enable_adapters(self, enabled: bool) -> None:
+        """``False``: the forward is the base layer's alone; ``True``: the active adapter again."""
+        if not isinstance(enabled, bool):
+            raise ValueError(f"enabled must be True or False, got enabled={enabled!r}")
+        if not enabled and self.merged:
+            raise ValueError(f"cannot disable adapters while {self.merged_adapters} are merged into the base "
+                             "weight; unmerge first")
+        self._disable_adapters = not enabled
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove adapter ``adapter_name`` from this layer (not the active one, not a merged one)."""
+        self._check_holds(adapter_name)
+        if adapter_name == self._active_adapter:
+            raise ValueError(f"adapter_name={adapter_name!r} is the active adapter; set_adapter another first")
+        if adapter_name in self.merged_adapters:
+            raise ValueError(f"adapter_name={adapter_name!r} is merged into the base weight; unmerge first")
+        self._remove_adapter(adapter_name)
 
     @torch.no_grad()
-    def reset_lora_parameters(self, init_lora_weights: bool | str = True,
+    def reset_lora_parameters(self, adapter_name: str = DEFAULT_ADAPTER, init_lora_weights: bool | str = True,
                               generator: torch.Generator | None = None) -> None:
-        """Initialize A and B as PEFT does (``init_lora_weights=False``: both random).
+        """Initialize adapter ``adapter_name``'s A and B as PEFT does (``init_lora_weights=False``:
+        both random).
 
         ``generator`` must live on the device of the adapter weights (CPU at construction).
         """
+        lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
         if init_lora_weights == "gaussian":
-            self.lora_A.weight.normal_(0.0, 1.0 / self.r, generator=generator)  # std 1/r, as PEFT
+            lora_A.weight.normal_(0.0, 1.0 / self.r[adapter_name], generator=generator)  # std 1/r, as PEFT
         else:
-            nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5), generator=generator)
+            nn.init.kaiming_uniform_(lora_A.weight, a=math.sqrt(5), generator=generator)
         if init_lora_weights is False:
-            nn.init.kaiming_uniform_(self.lora_B.weight, a=math.sqrt(5), generator=generator)
+            nn.init.kaiming_uniform_(lora_B.weight, a=math.sqrt(5), generator=generator)
         else:
-            self.lora_B.weight.zero_()  # B = 0, so ΔW = B A = 0 and the model is unchanged at step 0
+            lora_B.weight.zero_()  # B = 0, so ΔW = B A = 0 and the model is unchanged at step 0
 
-    def delta_weight(self) -> torch.Tensor:
-        """ΔW = (B @ A) * scaling, shape (out_features, in_features) like ``nn.Linear.weight``."""
-        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling  # (out, r) @ (r, in)
+    # ------------------------------------------------------------------ one adapter's arithmetic
+
+    def delta_weight(self, adapter_name: str | None = None) -> torch.Tensor:
+        """ΔW = (B @ A) * scaling of ``adapter_name`` (default: the active adapter), shape
+        (out_features, in_features) like ``nn.Linear.weight``."""
+        name = self._check_holds(self._active_adapter if adapter_name is None else adapter_name)
+        return (self.lora_B[name].weight @ self.lora_A[name].weight) * self.scaling[name]  # (out, r) @ (r, in)
+
+    def _adapter_output(self, x: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        """Adapter ``adapter_name``'s term of the output: ``lora_B(lora_A(dropout(x))) * scaling``,
+        (..., out_features), for ``x`` already cast to the adapter's dtype."""
+        h = self.lora_A[adapter_name](self.lora_dropout[adapter_name](x))  # (..., r)  down-projection
+        return self.lora_B[adapter_name](h) * self.scaling[adapter_name]  # (..., out)  up-projection
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """``base_layer(x) + lora_B(lora_A(dropout(x))) * scaling``, computed as PEFT does.
+        """``base_layer(x) + lora_B(lora_A(dropout(x))) * scaling`` of the active adapter, as PEFT.
 
         The input is cast to the adapter's dtype (fp32 on a 16-bit base) *before* dropout.
         On a float base (``nn.Linear``, ``Conv1D``, lora_lab's 4-bit layer) the sum is formed
         in the adapter's dtype (a 16-bit base output is promoted) and rounded once to the
         base's output dtype, as PEFT's ``lora.Linear``; on a bitsandbytes 4-bit base the
         update is rounded to the output dtype first and then added, as PEFT's
-        ``lora.Linear4bit`` (outside autocast; inside autocast neither casts).
+        ``lora.Linear4bit`` (outside autocast; inside autocast neither casts). Inside
+        :func:`lora_lab.lora.multi.mixed_batch` each example takes its own adapter, and each
+        update is rounded to the output dtype before it is added (PEFT's mixed batch).
         """
         result = self.base_layer(x, *args, **kwargs)  # (..., out) frozen path
-        if self.merged:
-            return result  # ΔW already sits inside the base weight: no extra latency
+        if self._disable_adapters or self.merged:
+            return result  # merged: ΔW already sits inside the base weight, no extra latency
+        if self._mixed_adapter_names is not None:
+            return self._mixed_batch_forward(x, result)
+        name = self._active_adapter
+        if name not in self.lora_A:
+            return result
         dtype = result.dtype
         if is_bnb_4bit(self.base_layer):  # PEFT's lora.bnb.Linear4bit.forward
             convert = not torch.is_autocast_enabled()
-            lora_x = x.to(self.lora_A.weight.dtype) if convert else x
-            update = self.lora_B(self.lora_A(self.lora_dropout(lora_x))) * self.scaling
+            update = self._adapter_output(x.to(self.lora_A[name].weight.dtype) if convert else x, name)
             return result + (update.to(dtype) if convert else update)
-        lora_x = x.to(self.lora_A.weight.dtype)  # PEFT's lora.Linear.forward
-        h = self.lora_A(self.lora_dropout(lora_x))  # (..., r)  down-projection
-        return (result + self.lora_B(h) * self.scaling).to(dtype)  # (..., out), one rounding
+        update = self._adapter_output(x.to(self.lora_A[name].weight.dtype), name)  # PEFT's lora.Linear.forward
+        return (result + update).to(dtype)  # (..., out), one rounding
+
+    def _mixed_batch_forward(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """PEFT's ``_mixed_batch_forward``: example i of the batch takes adapter ``names[i]``."""
+        names = self._mixed_adapter_names
+        if x.ndim == 0 or len(names) != x.shape[0]:
+            raise ValueError(f"mixed_batch: adapter_names has {len(names)} names but the batch has "
+                             f"{x.shape[0] if x.ndim else 0} examples (one name per example)")
+        convert = not (is_bnb_4bit(self.base_layer) and torch.is_autocast_enabled())
+        for name in dict.fromkeys(names):
+            if name not in self.lora_A:  # BASE_ADAPTER, or an adapter this layer does not hold
+                continue
+            rows = [i for i, n in enumerate(names) if n == name]
+            sub = x[rows]
+            update = self._adapter_output(sub.to(self.lora_A[name].weight.dtype) if convert else sub, name)
+            result[rows] += update.to(result.dtype)
+        return result
+
+    # ------------------------------------------------------------------ merging
 
     @torch.no_grad()
-    def merged_weight(self, sign: int = 1) -> torch.Tensor:
-        """The base weight with ΔW added (``sign=-1``: taken out), (out, in) in the base's dtype.
+    def merged_weight(self, sign: int = 1, adapter_name: str | None = None) -> torch.Tensor:
+        """The base weight with ΔW of ``adapter_name`` (default: active) added (``sign=-1``:
+        taken out), (out, in) in the base's dtype.
 
         Computed as PEFT's default merge (``weight.data += delta_weight``): in the adapter's
         dtype, rounded once to the base's. Nothing is written.
         """
         weight = get_weight(self.base_layer)  # (out, in), dequantized for 4-bit layers
-        delta = self.delta_weight()
+        delta = self.delta_weight(adapter_name)
         dtype = torch.promote_types(weight.dtype, delta.dtype)
         return (weight.to(dtype) + sign * delta.to(weight.device, dtype)).to(weight.dtype)
 
@@ -208,7 +353,7 @@ class LoRALinear(nn.Module):
         set_weight(self.base_layer, new)
 
     @torch.no_grad()
-    def merge(self, safe_merge: bool = False) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: Sequence[str] | None = None) -> None:
         """Fold ΔW into the base weight (W <- W + ΔW); forward then costs one matmul.
 
         Args:
@@ -217,27 +362,44 @@ class LoRALinear(nn.Module):
                 With ``False`` (PEFT's default) a non-finite result is written, as PEFT does,
                 but never silently: a ``RuntimeWarning`` says how many values are NaN/inf.
                 (A lora_lab 4-bit base refuses non-finite weights in any case.)
+            adapter_names: the adapters to merge (default: the active one, if this layer holds it).
         """
         if not isinstance(safe_merge, bool):
             raise ValueError(f"safe_merge must be True or False, got safe_merge={safe_merge!r}")
-        if self.merged:
+        if self._disable_adapters:
+            raise ValueError("merge(): adapters are disabled (inside disable_adapters); merge outside it")
+        if adapter_names is None:
+            names = [self._active_adapter] if self._active_adapter in self.lora_A else []
+        else:
+            names = [self._check_holds(n) for n in adapter_names]
+        todo = [n for n in names if n not in self.merged_adapters]
+        if names and not todo:
             warnings.warn("merge(): already merged, nothing done", UserWarning, stacklevel=2)
             return
-        self._write(self.merged_weight(+1), safe_merge, "merge()")
-        self.merged = True
+        for name in todo:
+            self._write(self.merged_weight(+1, name), safe_merge, "merge()")
+            self.merged_adapters.append(name)
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Take ΔW back out of the base weight (exact up to rounding; 4-bit bases re-quantize)."""
+        """Take every merged ΔW back out of the base weight, last merged first (exact up to
+        rounding; 4-bit bases re-quantize)."""
         if not self.merged:
             warnings.warn("unmerge(): not merged, nothing done", UserWarning, stacklevel=2)
             return
-        self._write(self.merged_weight(-1), False, "unmerge()")
-        self.merged = False
+        while self.merged_adapters:
+            self._write(self.merged_weight(-1, self.merged_adapters[-1]), False, "unmerge()")
+            self.merged_adapters.pop()
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
-                f"lora_alpha={self.lora_alpha}, scaling={self.scaling:g}, merged={self.merged}")
+        name = self._active_adapter
+        text = f"in_features={self.in_features}, out_features={self.out_features}"
+        if name in self.lora_A:
+            text += (f", r={self.r[name]}, lora_alpha={self.lora_alpha[name]}, scaling={self.scaling[name]:g}, "
+                     f"merged={self.merged}")
+        if list(self.lora_A) != [name]:
+            text += f", adapters={list(self.lora_A)}, active_adapter={name!r}"
+        return text
 
 
 def _float_dtype(layer: nn.Module) -> torch.dtype:
@@ -267,16 +429,27 @@ def find_target_modules(model: nn.Module, target_modules: Sequence[str] | str) -
     return select_modules(model, target_modules)
 
 
-def add_lora(model: nn.Module, config: LoraConfig, *,
-             generator: torch.Generator | None = None) -> nn.Module:
-    """Wrap every module ``config.target_modules`` selects in a :class:`LoRALinear`, in place.
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    """(name, layer) for every LoRALinear in ``model``."""
+    return ((n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear))
 
-    Everything else is frozen (biases too, unless ``config.bias`` says otherwise).
-    Returns the same ``model`` object, which remembers ``config`` for :func:`save_adapter`.
+
+def add_lora(model: nn.Module, config: LoraConfig, *, adapter_name: str = DEFAULT_ADAPTER,
+             generator: torch.Generator | None = None) -> nn.Module:
+    """Add adapter ``adapter_name`` to every module ``config.target_modules`` selects, in place.
+
+    On a model without LoRA layers this wraps each target in a :class:`LoRALinear` whose
+    adapter is active and trains; everything else is frozen (biases too, unless
+    ``config.bias`` says otherwise). On a model that has LoRA layers it adds a further
+    adapter, as PEFT's ``add_adapter``: to the LoRA layers it targets and to new wrappers of
+    plain layers; it does not become active and does not train (``multi.set_adapter`` makes
+    it so), and no other ``requires_grad`` flag changes. Returns the same ``model`` object,
+    which remembers each adapter's config (``model.lora_configs``; ``model.lora_config`` is
+    the active adapter's) for :func:`save_adapter`.
 
     Everything is checked before anything changes: on any error (bad arguments, a target
-    that matches nothing, a NaN/inf base weight in any target) the model is left exactly as
-    it was -- weights, ``requires_grad`` flags and module types.
+    that matches nothing, a NaN/inf base weight in any target, a name already loaded) the
+    model is left exactly as it was -- weights, ``requires_grad`` flags and module types.
 
     Raises:
         ValueError: naming the argument or layer at fault.
@@ -288,9 +461,17 @@ def add_lora(model: nn.Module, config: LoraConfig, *,
                          "(a peft.LoraConfig goes to peft.get_peft_model)")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    if any(isinstance(m, LoRALinear) for m in model.modules()):
-        raise ValueError("model already has LoRA layers; load or merge them instead of adding twice")
-    names = find_target_modules(model, config.target_modules)
+    check_adapter_name(adapter_name)
+    existing = dict(lora_layers(model))
+    if existing:
+        loaded = list(dict.fromkeys(n for layer in existing.values() for n in layer.lora_A))
+        if adapter_name in loaded:
+            raise ValueError(f"adapter_name={adapter_name!r} is already loaded (loaded adapters: {loaded}); "
+                             "pick another name, or delete_adapter it first")
+        if config.bias != "none":
+            raise ValueError(f"bias={config.bias!r}: a further adapter must have bias='none' (the biases "
+                             "belong to the base model, which all adapters share)")
+    names = select_modules(model, config.target_modules, lambda m: is_wrappable(m) or isinstance(m, LoRALinear))
     if not names:
         raise ValueError(f"target_modules={config.target_modules!r} selects no linear layer")
     for name in names:  # validate every target before touching the model
@@ -300,37 +481,53 @@ def add_lora(model: nn.Module, config: LoraConfig, *,
                              "values; LoRA needs a finite base weight (the model was not changed)")
     flags = {p: p.requires_grad for p in model.parameters()}
     gen_state = generator.get_state() if generator is not None else None
-    wrappers = []
-    try:  # build every wrapper first; on failure undo what building did
+    hparams = (config.r, config.lora_alpha, config.lora_dropout, config.use_rslora, config.init_lora_weights,
+               generator)
+    wrappers, updated = [], []
+    try:  # build every adapter first; on failure undo what building did
         for name in names:
-            wrappers.append(LoRALinear(model.get_submodule(name), config.r, config.lora_alpha,
-                                       config.lora_dropout, config.use_rslora,
-                                       config.init_lora_weights, generator))
+            module = model.get_submodule(name)
+            if isinstance(module, LoRALinear):
+                module.update_layer(adapter_name, *hparams)
+                updated.append(module)
+            else:
+                wrappers.append((name, LoRALinear(module, *hparams, adapter_name=adapter_name)))
     except BaseException:
+        for layer in updated:
+            layer._remove_adapter(adapter_name)
         for p, flag in flags.items():
             p.requires_grad_(flag)
         if gen_state is not None:
             generator.set_state(gen_state)
         raise
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for name, wrapper in zip(names, wrappers):
+    if existing:  # a further adapter: the new wrappers follow the model's active adapter and state
+        first = next(iter(existing.values()))
+        for _, wrapper in wrappers:
+            wrapper.set_adapter(first.active_adapter)
+            wrapper.enable_adapters(not first.disable_adapters)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(False)
+    for name, wrapper in wrappers:
         model.set_submodule(name, wrapper)
-    for name, p in model.named_parameters():
-        if name.endswith("bias") and (config.bias == "all" or
-                                      config.bias == "lora_only" and ".base_layer." in name):
-            p.requires_grad_(True)
-    model.lora_config = config
+    if not existing:
+        for name, p in model.named_parameters():
+            if name.endswith("bias") and (config.bias == "all" or
+                                          config.bias == "lora_only" and ".base_layer." in name):
+                p.requires_grad_(True)
+        model.lora_configs = {}
+        model.lora_config = config
+    if not isinstance(getattr(model, "lora_configs", None), dict):
+        model.lora_configs = {}
+    model.lora_configs[adapter_name] = config
     return model
 
 
-def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
-    """(name, layer) for every LoRALinear in ``model``."""
-    return ((n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear))
-
-
 def merge_lora(model: nn.Module, safe_merge: bool = False) -> nn.Module:
-    """Merge every adapter into its base weight (zero added latency at inference).
+    """Merge the active adapter into the base weight of every layer that holds it (zero
+    added latency at inference).
 
     ``safe_merge=True`` (PEFT's ``merge_and_unload(safe_merge=True)``) first checks every
     merged weight for NaN/inf and raises ``ValueError`` naming the layer, with *no* layer
@@ -339,7 +536,10 @@ def merge_lora(model: nn.Module, safe_merge: bool = False) -> nn.Module:
     """
     if not isinstance(safe_merge, bool):
         raise ValueError(f"safe_merge must be True or False, got safe_merge={safe_merge!r}")
-    layers = [(n, layer) for n, layer in lora_layers(model) if not layer.merged]
+    if any(layer.disable_adapters for _, layer in lora_layers(model)):
+        raise ValueError("merge_lora: adapters are disabled (inside disable_adapters); merge outside it")
+    layers = [(n, layer) for n, layer in lora_layers(model)
+              if layer.active_adapter in layer.lora_A and layer.active_adapter not in layer.merged_adapters]
     if safe_merge:
         for name, layer in layers:
             bad = int((~torch.isfinite(layer.merged_weight(+1))).sum())
@@ -382,5 +582,6 @@ def trainable_report(model: nn.Module) -> str:
     return (f"trainable params: {trainable:,d} || all params: {total:,d} || "
             f"trainable%: {100 * trainable / total:.4f}")
 
-__all__ = ["LoraConfig", "LoRALinear", "add_lora", "find_target_modules", "lora_layers",
-           "merge_lora", "unmerge_lora", "trainable_parameters", "trainable_report"]
+__all__ = ["DEFAULT_ADAPTER", "BASE_ADAPTER", "LoraConfig", "LoRALinear", "add_lora", "check_adapter_name",
+           "find_target_modules", "lora_layers", "merge_lora", "unmerge_lora", "trainable_parameters",
+           "trainable_report"]

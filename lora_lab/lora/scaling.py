@@ -59,12 +59,12 @@ def compute_alpha_effect(r: int, lora_alpha: float, use_rslora: bool = False, *,
         base.weight.normal_(0, 1 / math.sqrt(d), generator=g)  # like a trained layer's scale
     layer = LoRALinear(base, r=r, lora_alpha=lora_alpha, use_rslora=use_rslora)
     with torch.no_grad():  # stand-in for trained adapters: A entries of std 0.2, B entries of std 0.02
-        layer.lora_A.weight.normal_(0, 0.2, generator=g)
-        layer.lora_B.weight.normal_(0, 0.02, generator=g)
+        layer.lora_A["default"].weight.normal_(0, 0.2, generator=g)
+        layer.lora_B["default"].weight.normal_(0, 0.02, generator=g)
     x = torch.randn(64, d, generator=g)
     with torch.no_grad():
         h_base, h = base(x), layer(x)
-    return AlphaEffect(r, float(lora_alpha), use_rslora, layer.scaling,
+    return AlphaEffect(r, float(lora_alpha), use_rslora, layer.scaling["default"],
                        layer.delta_weight().norm().item(), base.weight.norm().item(),
                        ((h - h_base).norm() / h_base.norm()).item())
 
@@ -133,8 +133,8 @@ def fit_lora(lora_alpha: float, lr: float, optimizer: str = "adam", *, r: int = 
     y = x @ (base.weight.detach() + change).T                         # (n, d) targets
     layer = LoRALinear(base, r=r, lora_alpha=lora_alpha, generator=g)
     with torch.no_grad():
-        layer.lora_A.weight.mul_(init_scale)
-    params = [layer.lora_A.weight, layer.lora_B.weight]
+        layer.lora_A["default"].weight.mul_(init_scale)
+    params = [layer.lora_A["default"].weight, layer.lora_B["default"].weight]
     opt = torch.optim.Adam(params, lr=lr) if optimizer == "adam" else torch.optim.SGD(params, lr=lr)
     losses = []
     for _ in range(steps):
@@ -255,4 +255,5 @@ def compare_merge_latency(layer, x: torch.Tensor, *, rounds: int = 5, min_run_ti
     method = TIMING_METHOD.format(min_run_time=min_run_time, num_threads=num_threads,
                                   s="" if num_threads == 1 else "s", rounds=rounds)
     return MergeLatency(sorted(unmerged)[rounds // 2], sorted(merged)[rounds // 2],
-                        merge_flop_ratio(layer.in_features, layer.out_features, layer.r), method)
+                        merge_flop_ratio(layer.in_features, layer.out_features, layer.r[layer.active_adapter]),
+                        method)

@@ -6,6 +6,11 @@ quantization constants), gradients and optimizer state, each storage counted onc
 autograd saves for backward, seen through ``torch.autograd.graph.saved_tensors_hooks``
 during the forward pass (loss included), each storage once and parameters excluded.
 On a GPU we also report ``torch.cuda.max_memory_allocated`` for the step.
+
+:func:`apply_recipe` sets a model up for ``"full"``, ``"lora"`` or ``"qlora"`` (used by
+:func:`build_model`, from a config, and by ``finetune.prepare_model``, from weights);
+:func:`predict_and_measure` predicts one step of it and measures it (used by :func:`compare`
+and by ``finetune.memory_report``).
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from lora_lab._util import enable_gradient_checkpointing, is_bnb_4bit
 from lora_lab.lora.baselayer import ALL_LINEAR
-from lora_lab.lora.layer import LoraConfig, add_lora
-from lora_lab.memory.predict import COMPONENTS, MemoryBreakdown, training_memory
+from lora_lab.lora.layer import LoraConfig, add_lora, find_target_modules
+from lora_lab.memory.predict import COMPONENTS, RECIPES, MemoryBreakdown, training_memory
 from lora_lab.memory.shapes import shape_from_config
-from lora_lab.quant.linear4bit import quantize_model
+from lora_lab.quant.linear4bit import FrozenLinear4bit, quantize_model
 
 METHOD = ("parameters, gradients, optimizer state: storage bytes after one optimizer step, "
           "each storage once; activations: storages packed by "
@@ -128,23 +134,78 @@ def quantize_linears_4bit(model: nn.Module, *, compute_dtype=torch.bfloat16,
 
 
 LORA_BASE_DTYPES = ("fp32", "bf16")  # the frozen base of recipe "lora" in build_model / compare
+_DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def _has_4bit_layers(model: nn.Module) -> bool:
+    return any(is_bnb_4bit(m) or isinstance(m, FrozenLinear4bit) for m in model.modules())
+
+
+def apply_recipe(model: nn.Module, recipe: str = "lora", lora_config: LoraConfig | None = None, *,
+                 dtype: torch.dtype | None = None, generator: torch.Generator | None = None,
+                 gradient_checkpointing: bool = False) -> nn.Module:
+    """Set ``model`` up, in place, to train with ``recipe``; returns it.
+
+    ``"full"``: every parameter trains. ``"lora"``: the base is frozen and ``lora_config``'s
+    adapters (default r=8, lora_alpha=16, all-linear) are added, A drawn from ``generator``,
+    in fp32 even on a 16-bit base (PEFT's ``autocast_adapter_dtype``). ``"qlora"``: the same
+    on a base whose block linears are 4-bit: the model's own if it has any (loaded so, e.g.
+    ``finetune.load_model(quantization="nf4")``), else quantized here as transformers'
+    ``BitsAndBytesConfig`` loads them (:func:`quantize_linears_4bit`: NF4, double quantization,
+    compute dtype the model's). ``dtype``: cast the model to it first (the frozen base's and
+    the compute dtype); None keeps it. ``gradient_checkpointing``: one checkpoint per block.
+
+    Raises:
+        ValueError: an unknown recipe or dtype, a ``lora_config`` that is not a LoraConfig or
+            selects no layer of ``model``; the model is then unchanged.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {recipe!r}")
+    if dtype is not None and dtype not in _DTYPE_NAMES:
+        raise ValueError(f"dtype must be None or one of {tuple(_DTYPE_NAMES)}, got {dtype!r}")
+    if gradient_checkpointing and not hasattr(model, "gradient_checkpointing_enable"):
+        raise ValueError(f"gradient_checkpointing=True needs a transformers model, got {type(model).__name__}")
+    if recipe == "full":
+        model = model if dtype is None else model.to(dtype)
+        for p in model.parameters():
+            p.requires_grad_(True)
+    else:
+        config = LoraConfig(r=8, lora_alpha=16, target_modules=ALL_LINEAR) if lora_config is None else lora_config
+        if not isinstance(config, LoraConfig):
+            raise ValueError(f"lora_config must be a lora_lab LoraConfig or None, got {type(config).__name__}")
+        find_target_modules(model, config.target_modules)  # raises before anything changes
+        model = model if dtype is None else model.to(dtype)
+        if recipe == "qlora" and not _has_4bit_layers(model):
+            compute = next(p.dtype for p in model.parameters() if p.dtype.is_floating_point)
+            model = quantize_linears_4bit(model, compute_dtype=compute)
+        add_lora(model, config, generator=generator)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()  # adapters train in fp32, as PEFT's autocast_adapter_dtype
+    if gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
 
 
 def build_model(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_attn",),
                 seed: int = 0, device: str = "cpu", gradient_checkpointing: bool = False,
                 base_dtype: str = "fp32"):
-    """A random-weight model from ``config`` set up for ``recipe``, and its AdamW optimizer.
+    """A random-weight model from ``config`` set up for ``recipe`` (:func:`apply_recipe`),
+    in train mode, and its AdamW optimizer.
 
     ``"lora"``: frozen base in ``base_dtype`` (``"fp32"``, or ``"bf16"`` as QLoRA's
     unquantized parts and compute), fp32 adapters, torch AdamW. ``"qlora"``: NF4 +
     double-quant base (bnb Linear4bit), everything else bf16, adapters in fp32 (PEFT's
     default), torch AdamW (fp32 states). ``"full"``: every weight trains in fp32.
-    ``base_dtype`` applies to ``"lora"`` only.
+    Adapters: ``LoraConfig(r, lora_alpha=2r, target_modules)``. ``base_dtype`` applies to
+    ``"lora"`` only.
     """
     if base_dtype not in LORA_BASE_DTYPES:
         raise ValueError(f"base_dtype must be one of {LORA_BASE_DTYPES}, got {base_dtype!r}")
     if base_dtype != "fp32" and recipe != "lora":
         raise ValueError(f"base_dtype={base_dtype!r} applies to recipe 'lora' only, got {recipe!r}")
+    lora_config = None if recipe == "full" else LoraConfig(r=r, lora_alpha=2 * r, target_modules=target_modules)
+    # transformers is imported here, not at the top: chapter 04's predictions do not need it
     from transformers import AutoModelForCausalLM
     from transformers.initialization import no_init_weights
 
@@ -158,29 +219,57 @@ def build_model(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_
             else:  # norm scales 1, biases 0
                 p.fill_(1.0 if name.endswith("weight") else 0.0)
     model.tie_weights()  # GPT-2's lm_head shares wte's storage
-    model = model.to(device)
-    if recipe == "qlora":
-        model = quantize_linears_4bit(model.to(torch.bfloat16))
-    elif base_dtype == "bf16":
-        model = model.to(torch.bfloat16)
-    if recipe in ("lora", "qlora"):
-        add_lora(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=target_modules), generator=gen)
-        for p in model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()  # adapters train in fp32, as PEFT's autocast_adapter_dtype
-    if gradient_checkpointing:  # one checkpoint per block, as Trainer does
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
+    bf16 = recipe == "qlora" or base_dtype == "bf16"
+    model = apply_recipe(model.to(device), recipe, lora_config, dtype=torch.bfloat16 if bf16 else None,
+                         generator=gen, gradient_checkpointing=gradient_checkpointing)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.AdamW(trainable, lr=1e-3)
+
+
+def predict_and_measure(model: nn.Module, recipe: str, optimizer: torch.optim.Optimizer, *,
+                        batch_size: int = 1, seq_len: int = 32, seed: int = 0,
+                        lora_config: LoraConfig | None = None, double_quant: bool = True,
+                        gradient_checkpointing: bool = False) -> tuple[MemoryBreakdown, Measured]:
+    """Predict with :func:`training_memory` one training step of ``model`` (a transformers
+    causal LM set up for ``recipe`` by :func:`apply_recipe`), then measure it
+    (:func:`measure_training_step`, in train mode) on a (batch_size, seq_len) batch of
+    random tokens drawn with ``seed``.
+
+    The prediction reads the setup off the model: r and target_modules from ``lora_config``
+    (default: the model's own, set by ``add_lora``), the frozen base's dtype (NF4 for
+    ``"qlora"``) and compute dtype (its unquantized frozen weights', else its weights'),
+    attention implementation and device; fp32 adapters, torch AdamW, no autocast. The step
+    changes the trainable weights and fills ``optimizer``'s state.
+    """
+    params = list(model.parameters())
+    frozen = [p for p in params if p.dtype.is_floating_point and not p.requires_grad]
+    dtype = (frozen or params)[0].dtype
+    if dtype not in _DTYPE_NAMES:
+        raise ValueError(f"the model's weights are {dtype}; the prediction knows {tuple(_DTYPE_NAMES)}")
+    config = lora_config or getattr(model, "lora_config", None)
+    device = params[0].device
+    predicted = training_memory(
+        shape_from_config(model.config), recipe, r=config.r if config else 8,
+        target_modules=config.target_modules if config else ALL_LINEAR,
+        base_dtype="nf4" if recipe == "qlora" else _DTYPE_NAMES[dtype], double_quant=double_quant,
+        trainable_dtype="fp32", compute_dtype=_DTYPE_NAMES[dtype], optimizer="adamw", master_weights=False,
+        batch_size=batch_size, seq_len=seq_len, attn_implementation=model.config._attn_implementation or "sdpa",
+        device=device.type, gradient_checkpointing=gradient_checkpointing, autocast=False)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch_size, seq_len), generator=gen).to(device)
+    was_training = model.training
+    model.train()
+    measured = measure_training_step(model, optimizer, ids)
+    model.train(was_training)
+    return predicted, measured
 
 
 def compare(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_attn",),
             batch_size: int = 1, seq_len: int = 32, seed: int = 0, device: str = "cpu",
             gradient_checkpointing: bool = False,
             base_dtype: str = "fp32") -> tuple[MemoryBreakdown, Measured]:
-    """Predict with :func:`training_memory` and measure one real step of the same setup.
+    """:func:`build_model`, then :func:`predict_and_measure` one real step of it.
 
     ``base_dtype``: the frozen base of ``"lora"`` (``"fp32"`` or ``"bf16"``, see
     :func:`build_model`); ``"bf16"`` compares LoRA with QLoRA at the same compute dtype.
@@ -190,18 +279,8 @@ def compare(config, recipe: str = "lora", *, r: int = 8, target_modules=("c_attn
     model, opt = build_model(config, recipe, r=r, target_modules=target_modules, seed=seed,
                              device=device, gradient_checkpointing=gradient_checkpointing,
                              base_dtype=base_dtype)
-    gen = torch.Generator(device="cpu").manual_seed(seed + 1)
-    ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=gen).to(device)
-    measured = measure_training_step(model, opt, ids)
-    quant = recipe == "qlora"
-    predicted = training_memory(
-        shape_from_config(config), recipe, r=r, target_modules=target_modules,
-        base_dtype="nf4" if quant else base_dtype if recipe == "lora" else "fp32", double_quant=True,
-        trainable_dtype="fp32",
-        compute_dtype="bf16", optimizer="adamw", master_weights=False, batch_size=batch_size,
-        seq_len=seq_len, attn_implementation=config._attn_implementation or "sdpa", device=device,
-        gradient_checkpointing=gradient_checkpointing, autocast=False)
-    return predicted, measured
+    return predict_and_measure(model, recipe, opt, batch_size=batch_size, seq_len=seq_len, seed=seed + 1,
+                               gradient_checkpointing=gradient_checkpointing)
 
 
 def param_bytes_by_dtype(model: nn.Module) -> dict[str, int]:

@@ -18,6 +18,7 @@ from lora_lab.finetune.trainer import (
     load_checkpoint,
     lr_at,
     make_optimizer,
+    rank_share,
     save_checkpoint,
     train,
 )
@@ -63,6 +64,39 @@ def test_batches_depend_only_on_seed_and_step_and_cover_each_epoch():
     assert sorted(epoch) == list(range(64))
     assert batch_indices(5, lengths, 8, 3) == batch_indices(5, lengths, 8, 3)
     assert batch_indices(5, lengths, 8, 3) != batch_indices(5, lengths, 8, 4)
+
+
+def test_rank_shares_partition_the_batch_and_average_to_its_gradient(tok):
+    data = encode_examples(tok, EXAMPLES[:16])
+    idx = batch_indices(0, [len(x) for x, _ in data], 7, seed=0)  # 7 over 3 processes: 3, 2, 2
+    shares = [rank_share(idx, data, r, 3) for r in range(3)]
+    assert [i for mine, _ in shares for i in mine] == idx and [len(m) for m, _ in shares] == [3, 2, 2]
+    assert sum(f for _, f in shares) == pytest.approx(3)  # factors: 3 x each share's fraction of answer tokens
+    model = lora_model(r=2)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grads(ids, factor=1.0):
+        model.zero_grad()
+        (model(**collate([data[i] for i in ids], tok.pad_token_id, "cpu")).loss * factor).backward()
+        return [p.grad.clone() for p in params]
+
+    whole = grads(idx)
+    averaged = [sum(g) / 3 for g in zip(*(grads(mine, f) for mine, f in shares))]  # what DDP's all-reduce does
+    assert max((a - w).abs().max().item() for a, w in zip(averaged, whole)) < 1e-6 * max(w.abs().max() for w in whole)
+    with pytest.raises(ValueError, match="cannot be split over world_size=8"):
+        rank_share(idx, data, 7, 8)  # ranks 0-6 take one example each, rank 7 none
+
+
+@pytest.mark.parametrize("kwargs, needle", [(dict(rank=2, world_size=2), "0 <= rank < world_size"),
+                                            (dict(rank=0, world_size=0), "0 <= rank < world_size"),
+                                            (dict(rank=0, world_size=2, out_dir="x", resume=True), "single-process"),
+                                            (dict(rank=0, world_size=32), "must be >= world_size=32")])
+def test_train_refuses_a_bad_process_setup_before_training(tok, kwargs, needle):
+    model = lora_model()
+    before = adapter_weights(model)
+    with pytest.raises(ValueError, match=needle):
+        train(model, tok, EXAMPLES, TrainConfig(steps=1, batch_size=16), progress=False, **kwargs)
+    assert all(torch.equal(before[n], p) for n, p in adapter_weights(model).items())
 
 
 def test_only_the_answer_is_learned(tok):

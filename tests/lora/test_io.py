@@ -12,6 +12,7 @@ from transformers.pytorch_utils import Conv1D
 
 from lora_lab.lora.io import infer_task_type, load_adapter, save_adapter
 from lora_lab.lora.layer import LoraConfig, add_lora, lora_layers
+from lora_lab.lora.multi import active_adapter, adapter_names, set_adapter
 
 peft = pytest.importorskip("peft")
 
@@ -206,3 +207,98 @@ def test_saved_targets_select_exactly_the_wrapped_layers(tmp_path):
     from peft.tuners.lora import LoraLayer
     assert [n for n, m in ref.named_modules() if isinstance(m, LoraLayer)] == [
         "base_model.model.transformer.h.0.attn.c_attn"]
+
+
+# ------------------------------------------------------------------ several adapters (issue 13)
+
+CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+
+
+def _two(kind):
+    """"default" on TARGETS[kind], "b" (another rank) on the first target only; both random."""
+    model = add_lora(fresh(kind), LoraConfig(r=2, lora_alpha=4, target_modules=TARGETS[kind], init_lora_weights=False),
+                     generator=torch.Generator().manual_seed(1))
+    return add_lora(model, LoraConfig(r=3, lora_alpha=6, target_modules=TARGETS[kind][:1], init_lora_weights=False),
+                    adapter_name="b", generator=torch.Generator().manual_seed(2))
+
+
+def _peft_out(ref, kind):
+    with torch.no_grad():
+        got = ref(INPUTS[kind]())
+    return got.logits if hasattr(got, "logits") else got
+
+
+@pytest.mark.parametrize("kind", ["mlp", "gpt2"])
+def test_several_adapters_saved_in_peft_layout_load_in_peft(tmp_path, kind):
+    ours = _two(kind)
+    want = {}
+    for name in ("default", "b"):
+        set_adapter(ours, name)
+        want[name] = _out(ours, kind)
+    set_adapter(ours, "default")
+    save_adapter(ours, tmp_path / "s")
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [CONFIG, WEIGHTS, "b"]
+    assert json.loads((tmp_path / "s" / "b" / "adapter_config.json").read_text())["r"] == 3
+    ref = peft.PeftModel.from_pretrained(fresh(kind), tmp_path / "s").eval()
+    ref.load_adapter(tmp_path / "s" / "b", adapter_name="b")
+    for name in ("default", "b"):
+        ref.set_adapter(name)
+        torch.testing.assert_close(_peft_out(ref, kind), want[name], atol=1e-5, rtol=1e-5)
+    only_b = peft.PeftModel.from_pretrained(fresh(kind), tmp_path / "s" / "b", adapter_name="b").eval()
+    torch.testing.assert_close(_peft_out(only_b, kind), want["b"], atol=1e-5, rtol=1e-5)
+    assert torch.equal(_out(ours, kind), want["default"])  # saving changed nothing
+
+
+@pytest.mark.parametrize("kind", ["mlp", "gpt2"])
+def test_several_adapters_saved_by_peft_load_here(tmp_path, kind):
+    ref = peft.get_peft_model(fresh(kind), peft.LoraConfig(r=2, lora_alpha=4, target_modules=TARGETS[kind],
+                                                           init_lora_weights=False))
+    ref.add_adapter("b", peft.LoraConfig(r=3, lora_alpha=6, target_modules=TARGETS[kind][:1], init_lora_weights=False))
+    ref.eval().save_pretrained(tmp_path / "p")
+    assert (tmp_path / "p" / "b" / "adapter_model.safetensors").is_file()
+    ours = load_adapter(fresh(kind), tmp_path / "p")
+    load_adapter(ours, tmp_path / "p" / "b", adapter_name="b")
+    assert adapter_names(ours) == ["default", "b"] and active_adapter(ours) == "default"
+    for name in ("default", "b"):
+        ref.set_adapter(name)
+        set_adapter(ours, name)
+        torch.testing.assert_close(_out(ours, kind), _peft_out(ref, kind), atol=1e-5, rtol=1e-5)
+
+
+def test_load_second_adapter_is_inactive_and_round_trips(tmp_path):
+    ours = _two("gpt2")
+    save_adapter(ours, tmp_path / "s")
+    model = load_adapter(fresh("gpt2"), tmp_path / "s")
+    before = _out(model, "gpt2")
+    load_adapter(model, tmp_path / "s" / "b", adapter_name="b")
+    assert torch.equal(_out(model, "gpt2"), before)  # not active, as PEFT's load_adapter
+    assert not any(p.requires_grad for n, p in model.named_parameters() if ".b." in n)
+    got, want = model.state_dict(), ours.state_dict()
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    save_adapter(model, tmp_path / "again", selected_adapters=["b"])  # only b: in again/b/
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == ["b"]
+    assert load_file(tmp_path / "again" / "b" / "adapter_model.safetensors").keys() == \
+        load_file(tmp_path / "s" / "b" / "adapter_model.safetensors").keys()
+    load_adapter(model, tmp_path / "s" / "b", adapter_name="b")  # same name again: fills it
+    assert torch.equal(_out(model, "gpt2"), before)
+
+
+def test_several_adapters_bad_input(tmp_path):
+    ours = _two("mlp")
+    for kwargs, match in [(dict(selected_adapters=["zz"]), r"selected_adapters entry='zz' is not a loaded adapter; "
+                                                           r"loaded adapters: \['default', 'b'\]"),
+                          (dict(selected_adapters="b"), r"selected_adapters must be a non-empty list"),
+                          (dict(config=LoraConfig(r=2, target_modules=["lin0"])), r"config= describes one adapter")]:
+        with pytest.raises(ValueError, match=match):
+            save_adapter(ours, tmp_path / "x", **kwargs)
+        assert not (tmp_path / "x").exists()
+    bias = add_lora(fresh("mlp"), LoraConfig(r=2, target_modules=["lin0"], bias="all"))
+    save_adapter(bias, tmp_path / "bias")
+    before = {k: v.clone() for k, v in ours.state_dict().items()}
+    for path, kw, match in [(tmp_path / "bias", dict(adapter_name="c"), "only a model's first adapter may carry"),
+                            (tmp_path / "bias", dict(adapter_name="a.b"), "adapter_name must be a non-empty string")]:
+        with pytest.raises(ValueError, match=match):
+            load_adapter(ours, path, **kw)
+    assert sorted(ours.state_dict()) == sorted(before)
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in before.items())
+    assert adapter_names(ours) == ["default", "b"]

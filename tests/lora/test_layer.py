@@ -57,10 +57,10 @@ def test_shapes_and_zero_init(kind, d_in, d_out, r):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         layer = LoRALinear(base, r=r, lora_alpha=2 * r)
-    assert layer.lora_A.weight.shape == (r, d_in)
-    assert layer.lora_B.weight.shape == (d_out, r)
-    assert torch.count_nonzero(layer.lora_B.weight) == 0
-    assert torch.count_nonzero(layer.lora_A.weight) > 0
+    assert layer.lora_A["default"].weight.shape == (r, d_in)
+    assert layer.lora_B["default"].weight.shape == (d_out, r)
+    assert torch.count_nonzero(layer.lora_B["default"].weight) == 0
+    assert torch.count_nonzero(layer.lora_A["default"].weight) > 0
     assert layer.delta_weight().shape == (d_out, d_in)
     x = torch.randn(3, 5, d_in)
     assert torch.equal(layer(x), base(x))  # ΔW = 0: exactly unchanged at step 0
@@ -69,8 +69,8 @@ def test_shapes_and_zero_init(kind, d_in, d_out, r):
 def test_first_gradient_reaches_B_not_A():
     layer = LoRALinear(make_base("linear", 16, 12), r=4)
     layer(torch.randn(8, 16)).pow(2).sum().backward()
-    assert layer.lora_A.weight.grad.abs().sum() == 0  # dL/dA = B^T (...) = 0 while B = 0
-    assert layer.lora_B.weight.grad.abs().sum() > 0   # dL/dB = (...) (A x)^T, A x != 0
+    assert layer.lora_A["default"].weight.grad.abs().sum() == 0  # dL/dA = B^T (...) = 0 while B = 0
+    assert layer.lora_B["default"].weight.grad.abs().sum() > 0   # dL/dB = (...) (A x)^T, A x != 0
     assert layer.base_layer.weight.grad is None or not layer.base_layer.weight.requires_grad
 
 
@@ -84,14 +84,14 @@ def test_random_B_moves_output():
 @pytest.mark.parametrize("rs", [False, True])
 def test_scaling(rs):
     layer = LoRALinear(make_base("linear", 64, 64), r=16, lora_alpha=32, use_rslora=rs)
-    assert layer.scaling == pytest.approx(32 / (math.sqrt(16) if rs else 16))
-    assert LoraConfig(r=16, lora_alpha=32, use_rslora=rs).scaling == layer.scaling
+    assert layer.scaling["default"] == pytest.approx(32 / (math.sqrt(16) if rs else 16))
+    assert LoraConfig(r=16, lora_alpha=32, use_rslora=rs).scaling == layer.scaling["default"]
 
 
 def test_gaussian_init_std():
     layer = LoRALinear(make_base("linear", 512, 512), r=4, init_lora_weights="gaussian",
                        generator=torch.Generator().manual_seed(0))
-    assert layer.lora_A.weight.std().item() == pytest.approx(1 / 4, rel=0.05)
+    assert layer.lora_A["default"].weight.std().item() == pytest.approx(1 / 4, rel=0.05)
 
 
 def test_dropout_only_on_adapter_path():
@@ -179,10 +179,10 @@ def test_layer_matches_peft(kind, d_in, d_out, r, rs):
         ref = PeftLinear(base, "default", pcfg, r=r, lora_alpha=8, lora_dropout=0.0, use_rslora=rs,
                          fan_in_fan_out=(kind == "conv1d"), init_lora_weights=True)
     with torch.no_grad():
-        ref.lora_A["default"].weight.copy_(ours.lora_A.weight)
-        ref.lora_B["default"].weight.copy_(ours.lora_B.weight)
+        ref.lora_A["default"].weight.copy_(ours.lora_A["default"].weight)
+        ref.lora_B["default"].weight.copy_(ours.lora_B["default"].weight)
     x = torch.randn(2, 7, d_in)
-    assert ours.scaling == pytest.approx(ref.scaling["default"])
+    assert ours.scaling["default"] == pytest.approx(ref.scaling["default"])
     ref_delta = ref.get_delta_weight("default")
     ref_delta = ref_delta.T if kind == "conv1d" else ref_delta  # PEFT returns it in the base's layout
     torch.testing.assert_close(ours.delta_weight(), ref_delta, atol=1e-6, rtol=1e-6)
@@ -225,7 +225,7 @@ def _trained(model, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for _, layer in lora_layers(model):
-            layer.lora_B.weight.normal_(0, 0.5, generator=g)
+            layer.lora_B["default"].weight.normal_(0, 0.5, generator=g)
     return model
 
 
@@ -301,7 +301,7 @@ def test_nan_weights_rejected(tmp_path):
     with pytest.raises(ValueError, match="base_layer.weight has 1 NaN/inf"):
         LoRALinear(base, r=2)
     model = _trained(add_lora(tiny_gpt2(), LoraConfig(r=2)))
-    next(layer for _, layer in lora_layers(model)).lora_B.weight.data[0, 0] = float("inf")
+    next(layer for _, layer in lora_layers(model)).lora_B["default"].weight.data[0, 0] = float("inf")
     save_adapter(model, tmp_path / "nan")
     with pytest.raises(ValueError, match="lora_B contains NaN/inf"):
         load_adapter(tiny_gpt2(), tmp_path / "nan")
@@ -380,7 +380,7 @@ def test_wraps_bnb_linear4bit_trains_and_merges():
     x = torch.randn(5, 64)
     out = layer(x)
     out.pow(2).sum().backward()
-    assert layer.lora_A.weight.grad is not None and layer.lora_B.weight.grad is not None
+    assert layer.lora_A["default"].weight.grad is not None and layer.lora_B["default"].weight.grad is not None
     assert not q.weight.requires_grad
     # the 4-bit base stays close to the fp layer it came from (NF4 error, not a bug)
     assert (q(x) - fp(x)).abs().max() < 0.2 * fp(x).abs().max()
@@ -415,6 +415,6 @@ def test_add_lora_on_bnb_quantized_gpt2_counts_like_peft():
 def test_adapters_fp32_on_half_precision_base_like_peft():
     base = nn.Linear(16, 8).to(torch.bfloat16)
     layer = LoRALinear(base, r=2, init_lora_weights=False)
-    assert layer.lora_A.weight.dtype == torch.float32 and layer.lora_B.weight.dtype == torch.float32
+    assert layer.lora_A["default"].weight.dtype == layer.lora_B["default"].weight.dtype == torch.float32
     out = layer(torch.randn(3, 16, dtype=torch.bfloat16))
     assert out.dtype == torch.bfloat16

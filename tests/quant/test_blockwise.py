@@ -1,5 +1,6 @@
 """lora_lab.quant.blockwise / quant8: codebooks, byte-exact parity with bitsandbytes, error bounds, storage."""
 
+import dataclasses
 import math
 
 import bitsandbytes.functional as bnbF
@@ -13,6 +14,7 @@ from lora_lab.quant.blockwise import (
     QuantizedTensor,
     bin_edges,
     bits_per_param,
+    check_quantized,
     dequantize_4bit,
     fp4_codebook,
     get_codebook,
@@ -291,3 +293,54 @@ def test_nf4_paper_formula_differs_from_bitsandbytes():
         nf4_paper_codebook(offset=1.0)
     with pytest.raises(ValueError, match="k must be"):
         nf4_paper_codebook(k=0)
+
+
+# -- dequantize_4bit checks its input (issue 11, item 6) --------------------------------------------
+
+Q = quantize_4bit(torch.randn(64, 64, generator=torch.Generator().manual_seed(0)))
+QD = quantize_4bit(torch.randn(130, 70, generator=torch.Generator().manual_seed(0)), double_quant=True)
+
+
+@pytest.mark.parametrize("q,fields,match", [
+    (Q, dict(packed=Q.packed[:100]), r"packed has 100 elements, expected 2048"),   # was: uninitialized memory
+    (Q, dict(packed=torch.cat([Q.packed, Q.packed])), r"packed has 4096 elements, expected 2048"),
+    (Q, dict(packed=Q.packed.to(torch.int8)), r"packed must be uint8"),
+    (Q, dict(packed=Q.packed.tolist()), r"packed must be a torch.Tensor"),
+    (Q, dict(absmax=Q.absmax[:10]), r"absmax has 10 elements, expected 64"),        # was: RuntimeError
+    (Q, dict(absmax=Q.absmax.clone().fill_(float("nan"))), r"absmax must hold finite"),
+    (Q, dict(shape=(64, 65)), r"packed has 2048 elements, expected 2080"),
+    (Q, dict(shape=(0, 64)), r"shape must describe at least one element"),
+    (Q, dict(shape=(-64, -64)), r"shape must have non-negative sizes"),
+    (Q, dict(shape="64x64"), r"shape must be a tuple of non-negative ints"),
+    (Q, dict(blocksize=128), r"absmax has 64 elements, expected 32"),
+    (Q, dict(blocksize=48), r"blocksize must be a power of two"),
+    (Q, dict(dtype=torch.int8), r"dtype must be one of"),
+    (Q, dict(codebook="nf3"), r"codebook must be one of"),
+    (Q, dict(code=Q.code[:8]), r"code must hold 16 finite float values"),
+    (QD, dict(absmax=QD.absmax[:5]), r"absmax has 5 elements, expected 143"),
+    (QD, dict(absmax=QD.absmax.float()), r"absmax must be uint8 8-bit codes"),
+    (QD, dict(nested_absmax=QD.nested_absmax[:0]), r"nested_absmax has 0 elements, expected 1"),
+    (QD, dict(nested_offset=torch.zeros(3)), r"nested_offset has 3 elements, expected 1"),
+    (QD, dict(nested_code=None), r"nested_code must be a finite float tensor"),
+    (QD, dict(nested_code=QD.nested_code[:255]), r"nested_code has 255 elements, expected 256"),
+    (Q, dict(nested_offset=torch.zeros(())), r"nested_absmax is None"),
+])
+def test_dequantize_rejects_inconsistent_fields(q, fields, match):
+    bad = dataclasses.replace(q, **fields)
+    with pytest.raises(ValueError, match=match):
+        dequantize_4bit(bad)
+    with pytest.raises(ValueError, match=match):
+        check_quantized(bad)
+
+
+def test_dequantize_still_exact_and_accepts_bnb_layout():
+    bnbF = pytest.importorskip("bitsandbytes.functional")
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    packed, state = bnbF.quantize_4bit(x, blocksize=64, quant_type="nf4")
+    assert packed.shape == (2048, 1)  # bitsandbytes' layout
+    ours = dequantize_4bit(dataclasses.replace(Q, packed=packed))
+    assert torch.equal(ours, dequantize_4bit(Q))
+    with pytest.raises(ValueError, match="dtype must be None or one of"):
+        dequantize_4bit(Q, dtype=torch.int32)
+    with pytest.raises(ValueError, match="q must be a QuantizedTensor"):
+        dequantize_4bit(x)

@@ -121,9 +121,9 @@ def test_lora_on_top_trains_only_adapters():
     x = _x(3, 96)
     assert torch.allclose(layer(x), q(x))                     # B = 0: the adapter starts as a no-op
     with torch.no_grad():
-        layer.lora_B.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+        layer.lora_B["default"].weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
     layer(x).pow(2).sum().backward()
-    assert layer.lora_A.weight.grad.abs().sum() > 0 and layer.lora_B.weight.grad.abs().sum() > 0
+    assert layer.lora_A["default"].weight.grad.abs().sum() > 0 and layer.lora_B["default"].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in q.parameters()) and all(b.grad is None for b in q.buffers())
     y = layer(x).detach()
     merged_w = dequantize_4bit(quantize_4bit(q.dequantize_weight() + layer.delta_weight().detach()))
@@ -177,3 +177,44 @@ def test_quantize_model_bitsandbytes_backend_is_transformers_layout():
     assert type(q).__name__ == "Linear4bit" and q.weight.quant_state.quant_type == "nf4"
     assert torch.equal(q.weight.data, ref)
     assert type(model.lm_head).__name__ == "Linear"  # the output head stays, as transformers does
+
+
+# -- bad targets change nothing (issue 11, item 8) --------------------------------------------------
+
+def tiny_gpt2(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=16, bos_token_id=0, eos_token_id=0)
+    cfg.update(kw)
+    return GPT2LMHeadModel(GPT2Config(**cfg)).eval()
+
+
+def snapshot(model):
+    """Everything add_lora/merge may change: tensors, requires_grad flags, module types."""
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            {n: p.requires_grad for n, p in model.named_parameters()},
+            [(n, type(m).__name__) for n, m in model.named_modules()])
+
+
+def assert_same(model, snap):
+    tensors, flags, types = snap
+    now = model.state_dict()
+    assert sorted(now) == sorted(tensors)
+    for k, v in tensors.items():
+        assert torch.equal(now[k].nan_to_num(), v.nan_to_num()) and torch.equal(now[k].isnan(), v.isnan()), k
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert [(n, type(m).__name__) for n, m in model.named_modules()] == types
+
+
+def test_quantize_model_bad_targets_change_nothing():
+    model = tiny_gpt2()
+    snap = snapshot(model)
+    for targets, match in [(["q_proj"], "'q_proj' matches no module"), ("c_attn", "regex"),
+                           (["wte"], "Embedding, which quantize_model cannot quantize"), (None, "target_modules")]:
+        with pytest.raises(ValueError, match=match):
+            quantize_model(model, targets)
+        assert_same(model, snap)
+    with pytest.raises(ValueError, match="unknown options"):
+        quantize_model(model, blocksz=64)
+    with pytest.raises(ValueError, match="blocksize"):
+        quantize_model(model, blocksize=100)
+    assert_same(model, snap)

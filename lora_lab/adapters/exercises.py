@@ -1,0 +1,67 @@
+"""Checkers for the exercises of chapter 07 (many adapters on one base); the answers are
+computed by the library (the adapters' configs, chapter 04's byte counts), never typed in."""
+
+from __future__ import annotations
+
+from lora_lab._exercises import ExerciseResult, check_choice, check_number
+from lora_lab.adapters.pair import TASKS, adapter_config
+from lora_lab.adapters.serving import serving_memory
+from lora_lab.lora import COMBINATION_TYPES
+
+EX3_SETUP = dict(model="llama-2-7b", n_adapters=10, r=8, target_modules="all-linear", base_dtype="bf16",
+                 adapter_dtype="bf16")
+
+
+def cat_rank() -> int:
+    """The rank of a "cat" combination of the chapter's adapters: the sum of their ranks."""
+    return sum(adapter_config(name, 0).r for name in TASKS)
+
+
+def check_exercise_cat_rank(answer) -> ExerciseResult:
+    """Ex. 1: the rank r of a combination_type="cat" adapter made from the "qa" and "cipher" adapters."""
+    want, r = cat_rank(), adapter_config("qa", 0).r
+    return check_number(answer, want, rel_tol=0,
+                        hint='"cat" stacks the A matrices (rows) and the B matrices (columns) of the adapters it '
+                             "combines. How many rows does the stacked A have?",
+                        mistakes=((r, f"{r} is the rank of a 'linear' (or default 'svd') combination, which keeps "
+                                      "one adapter's rank."),),
+                        explain=f"{want} = {' + '.join(str(adapter_config(n, 0).r) for n in TASKS)}: the ranks add, "
+                                "so B A = Σ wᵢ ΔWᵢ holds exactly.")
+
+
+def check_exercise_exact_combination(answer) -> ExerciseResult:
+    """Ex. 2: which combination_type gives exactly Σ wᵢ ΔWᵢ for any weights (at its default rank)?"""
+    return check_choice(answer, "cat", allowed=COMBINATION_TYPES,
+                        hint="Write out B A for each type. Which one has cross terms Bᵢ Aⱼ (i ≠ j), and which one "
+                             "throws away singular values when the sum has a larger rank than it keeps?",
+                        explain='"cat": its B A is Σ wᵢ sᵢ Bᵢ Aᵢ term by term. "linear" adds the cross terms '
+                                'Bᵢ Aⱼ; "svd" at the default rank (the largest rᵢ) truncates a sum of rank up to Σ rᵢ.')
+
+
+def check_exercise_svd_full_rank_error(answer) -> ExerciseResult:
+    """Ex. 3: the relative error ‖ΔW_svd − Σ wᵢΔWᵢ‖ / ‖Σ wᵢΔWᵢ‖ of combination_type="svd" with
+    svd_rank = r₁ + r₂ (16 here)."""
+    return check_number(answer, 0.0, abs_tol=1e-3,
+                        hint="Eckart–Young: the error of the best rank-k approximation is made of the singular "
+                             "values beyond k. What is the largest rank Σ wᵢ BᵢAᵢ can have?",
+                        explain="0 (up to rounding): the sum of two rank-8 updates has rank at most 16, so a "
+                                "rank-16 SVD keeps every non-zero singular value, as exact as \"cat\".")
+
+
+def merged_copies_ratio() -> float:
+    """Memory of 10 merged bf16 copies of Llama-2-7B over one base + 10 r = 8 adapters (:data:`EX3_SETUP`)."""
+    return serving_memory(**EX3_SETUP).ratio
+
+
+def check_exercise_merged_copies_ratio(answer) -> ExerciseResult:
+    """Ex. 4: 10 tasks on Llama-2-7B (bf16, r = 8 all-linear adapters in bf16): memory of 10 merged
+    copies divided by the memory of one base plus 10 adapters."""
+    want = merged_copies_ratio()
+    m = serving_memory(**EX3_SETUP)
+    return check_number(answer, want, rel_tol=5e-3,
+                        hint="Use serving_memory (or count: a copy is every weight in 2 bytes; an adapter is "
+                             "r·(in + out) weights per adapted layer in 2 bytes). Divide 10 copies by one copy "
+                             "plus 10 adapters.",
+                        mistakes=((m.n_adapters, "That leaves out the adapters' own memory."),),
+                        explain=f"{want:.2f}: 10 × {m.base_bytes / 1e9:.2f} GB against {m.base_bytes / 1e9:.2f} GB + "
+                                f"10 × {m.adapter_bytes / 1e6:.0f} MB.")
