@@ -31,11 +31,11 @@ def check_exercise_cat_rank(answer) -> ExerciseResult:
 
 def check_exercise_exact_combination(answer) -> ExerciseResult:
     """Ex. 2: which combination_type gives exactly Σ wᵢ ΔWᵢ for any weights (at its default rank)?"""
-    return check_choice(answer, "cat", allowed=COMBINATION_TYPES,
+    why = ('"cat": its B A is Σ wᵢ sᵢ Bᵢ Aᵢ term by term. "linear" adds the cross terms Bᵢ Aⱼ; "svd" at the '
+           f"default rank (the largest rᵢ, {adapter_config('qa', 0).r} here) truncates a sum of rank up to Σ rᵢ.")
+    return check_choice(answer, "cat", allowed=COMBINATION_TYPES, explain=why,
                         hint="Write out B A for each type. Which one has cross terms Bᵢ Aⱼ (i ≠ j), and which one "
-                             "throws away singular values when the sum has a larger rank than it keeps?",
-                        explain='"cat": its B A is Σ wᵢ sᵢ Bᵢ Aᵢ term by term. "linear" adds the cross terms '
-                                'Bᵢ Aⱼ; "svd" at the default rank (the largest rᵢ) truncates a sum of rank up to Σ rᵢ.')
+                             "throws away singular values when the sum has a larger rank than it keeps?")
 
 
 def check_exercise_svd_full_rank_error(answer) -> ExerciseResult:

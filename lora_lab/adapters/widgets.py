@@ -50,7 +50,7 @@ def combination_explorer(summary: dict | None = None, model=None) -> W.VBox:
             to show the combined ΔW too; left unchanged.
     """
     summary = summarize(combine_records()) if summary is None else summary
-    opt = dict(continuous_update=False, style={"description_width": "110px"})
+    opt = dict(continuous_update=False, style={"description_width": "130px"})
     controls = {
         "w_qa": W.SelectionSlider(options=WEIGHTS, value=1.0, description="weight of qa", **opt),
         "w_cipher": W.SelectionSlider(options=WEIGHTS, value=1.0, description="weight of cipher", **opt),

@@ -1,6 +1,7 @@
 """Chapter 02: the LoRA layer (B A, lora_alpha / r), injecting it into a model, merge/unmerge,
 PEFT-format adapter files, and how lora_alpha, rsLoRA and merging behave; several named adapters
-on one base (switch, disable, delete, mixed batches, weighted combinations) as PEFT.
+on one base (switch, disable, delete, mixed batches, weighted combinations) as PEFT; the variants
+PiSSA, LoftQ and DoRA (``variants``, and ``LoraConfig``'s ``init_lora_weights`` / ``use_dora``).
 
 One line imports the chapter: ``from lora_lab.lora import ...``.
 """
@@ -12,6 +13,7 @@ from lora_lab.lora import (
     multi,  # noqa: F401
     plots,  # noqa: F401
     scaling,  # noqa: F401
+    variants,  # noqa: F401
     widgets,  # noqa: F401
 )
 from lora_lab.lora.baselayer import (  # noqa: F401
@@ -34,6 +36,7 @@ from lora_lab.lora.exercises import (  # noqa: F401
 )
 from lora_lab.lora.io import (  # noqa: F401
     CONFIG_NAME,
+    MAGNITUDE,
     PREFIX,
     TASK_TYPES,
     WEIGHTS_NAME,
@@ -47,12 +50,17 @@ from lora_lab.lora.io import (  # noqa: F401
 from lora_lab.lora.layer import (  # noqa: F401
     BASE_ADAPTER,
     DEFAULT_ADAPTER,
+    DoraMagnitude,
+    LoftQConfig,
     LoraConfig,
     LoRALinear,
     add_lora,
+    changes_base,
+    check_base_for_init,
     find_target_modules,
     lora_layers,
     merge_lora,
+    pissa_niter,
     trainable_parameters,
     trainable_report,
     unmerge_lora,
@@ -81,5 +89,18 @@ from lora_lab.lora.scaling import (  # noqa: F401
     scaling_curves,
     time_forward,
     update_norm_vs_rank,
+)
+from lora_lab.lora.variants import (  # noqa: F401
+    NUM_BITS,
+    LoftQInit,
+    PissaInit,
+    dora_forward,
+    dora_init_magnitude,
+    dora_merged_weight,
+    dora_unmerged_weight,
+    dora_weight_norm,
+    loftq_init,
+    lora_scaling,
+    pissa_init,
 )
 from lora_lab.lora.widgets import alpha_explorer  # noqa: F401

@@ -1,10 +1,16 @@
 """Adapters on disk in PEFT's format: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
-Keys are ``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight``, exactly as
+Keys are ``base_model.model.<module path>.lora_A.weight`` / ``.lora_B.weight`` (and, for a
+DoRA adapter, ``.lora_magnitude_vector``), exactly as
 PEFT writes them (without the adapter's name), so an adapter saved here loads with
 ``peft.PeftModel.from_pretrained`` and one saved by PEFT loads with :func:`load_adapter`.
 Several adapters are laid out as ``PeftModel.save_pretrained`` does: "default" in the folder,
 every other adapter in a subfolder named after it. Never pickles; files are written atomically.
+
+PiSSA and LoftQ adapters record ``init_lora_weights`` ("pissa", "loftq", with ``loftq_config``)
+as PEFT does, and loading one re-applies it as ``PeftModel.from_pretrained`` does: the base
+weight given is replaced (PiSSA's residual of it, LoftQ's quantization of it) before the
+saved A and B are loaded, so load it into the *original* base model.
 """
 
 from __future__ import annotations
@@ -22,13 +28,22 @@ from torch import nn
 
 from lora_lab._util import atomic_write_bytes, atomic_write_text
 from lora_lab.lora.baselayer import is_wrappable, layer_dims, target_matches
-from lora_lab.lora.layer import DEFAULT_ADAPTER, LoraConfig, LoRALinear, add_lora, check_adapter_name, lora_layers
+from lora_lab.lora.layer import (
+    DEFAULT_ADAPTER,
+    LoraConfig,
+    LoRALinear,
+    add_lora,
+    changes_base,
+    check_adapter_name,
+    lora_layers,
+)
 from lora_lab.lora.multi import _check_loaded, _names
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-_UNSUPPORTED = {"use_dora": False, "rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None,
+MAGNITUDE = "lora_magnitude_vector"  # DoRA's key in a PEFT file: <prefix><layer>.lora_magnitude_vector
+_UNSUPPORTED = {"rank_pattern": {}, "alpha_pattern": {}, "modules_to_save": None,
                 "layers_to_transform": None, "lora_bias": False}
 
 
@@ -36,7 +51,7 @@ def _suffix_targets(model: nn.Module, wrapped: list[str]) -> list[str]:
     """Short target names (``c_attn``) if, by PEFT's list rule, they select exactly
     ``wrapped`` among the model's modules, else the full paths."""
     suffixes = sorted({n.split(".")[-1] for n in wrapped})
-    inner = {f"{n}.{c}" for n in wrapped for c in ("base_layer", "lora_A", "lora_B", "lora_dropout")}
+    inner = {f"{n}.{c}" for n in wrapped for c in ("base_layer", "lora_A", "lora_B", "lora_dropout", MAGNITUDE)}
     selected = {n for n, _ in model.named_modules() if n and not any(n.startswith(i) for i in inner)
                 and target_matches(tuple(suffixes), n)}
     return suffixes if selected == set(wrapped) else sorted(wrapped)
@@ -56,8 +71,8 @@ def infer_task_type(model: nn.Module) -> str | None:
 
 def adapter_state_dict(model: nn.Module, adapter_name: str | None = None) -> dict[str, torch.Tensor]:
     """The tensors an adapter file holds, under PEFT's key names (no adapter name in them):
-    adapter ``adapter_name``'s (default: the active one) A and B, and the biases that train
-    if its config has ``bias`` other than "none"."""
+    adapter ``adapter_name``'s (default: the active one) A and B (a DoRA adapter's magnitude
+    too), and the biases that train if its config has ``bias`` other than "none"."""
     layers = list(lora_layers(model))
     name = adapter_name if adapter_name is not None else (layers[0][1].active_adapter if layers else None)
     return _adapter_tensors(model, layers, name, getattr(model, "lora_configs", {}).get(name))
@@ -69,6 +84,8 @@ def _adapter_tensors(model: nn.Module, layers, name: str, config) -> dict[str, t
         if name in layer.lora_A:
             out[f"{PREFIX}{path}.lora_A.weight"] = layer.lora_A[name].weight.detach()
             out[f"{PREFIX}{path}.lora_B.weight"] = layer.lora_B[name].weight.detach()
+            if name in layer.lora_magnitude_vector:
+                out[f"{PREFIX}{path}.{MAGNITUDE}"] = layer.lora_magnitude_vector[name].weight.detach()
     if config is not None and config.bias != "none":
         for path, p in model.named_parameters():
             if path.endswith("bias") and p.requires_grad:
@@ -152,6 +169,8 @@ def save_adapter(model: nn.Module, path: str | Path, config=None, *, selected_ad
                 "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
                 "target_modules": _suffix_targets(model, [n for n, _ in wrapped]), "bias": cfg.bias,
                 "use_rslora": cfg.use_rslora, "init_lora_weights": cfg.init_lora_weights,
+                "use_dora": cfg.use_dora,
+                "loftq_config": dataclasses.asdict(cfg.loftq_config) if cfg.loftq_config else {},
                 "fan_in_fan_out": any(layer.fan_in_fan_out for _, layer in wrapped),
                 "base_model_name_or_path": base_model_name_or_path, "inference_mode": True,
                 "revision": None}
@@ -190,7 +209,9 @@ def read_adapter_config(path: str | Path):
                           lora_dropout=raw.get("lora_dropout", 0.0),
                           target_modules=targets if targets else (), bias=raw.get("bias", "none"),
                           use_rslora=bool(raw.get("use_rslora", False)),
-                          init_lora_weights=init if isinstance(init, bool) or init == "gaussian" else True)
+                          init_lora_weights=init if isinstance(init, bool) or init == "gaussian" or changes_base(init)
+                          else True, use_dora=bool(raw.get("use_dora", False)),
+                          loftq_config=(raw.get("loftq_config") or None) if init == "loftq" else None)
     except ValueError as e:
         raise ValueError(f"{file}: {e}") from e
 
@@ -239,7 +260,7 @@ def load_adapter(model: nn.Module, path: str | Path, *, adapter_name: str = DEFA
     check_adapter_name(adapter_name)
     config = read_adapter_config(path)
     weights = read_adapter_weights(path)
-    layer_names = sorted({k.rsplit(".lora_", 1)[0] for k in weights if ".lora_" in k})
+    layer_names = sorted({_layer_of(k) for k in weights if ".lora_" in k})
     if not layer_names:
         raise ValueError(f"{path!s}: {WEIGHTS_NAME} holds no lora_A/lora_B tensors")
     any_lora = dict(lora_layers(model))
@@ -263,13 +284,20 @@ def load_adapter(model: nn.Module, path: str | Path, *, adapter_name: str = DEFA
                              f"{type(model).__name__} does not have as a linear layer "
                              "(is it the same base model?)")
         if name in existing:
-            have = (module.r[adapter_name], module.scaling[adapter_name])
-            if have != (config.r, config.scaling):
-                raise ValueError(f"adapter at {path!s}: layer {name!r} has r={have[0]}, scaling={have[1]:g}; "
-                                 f"the adapter has r={config.r}, scaling={config.scaling:g}")
+            have = (module.r[adapter_name], module.scaling[adapter_name], module.use_dora[adapter_name])
+            if have != (config.r, config.scaling, config.use_dora):
+                raise ValueError(f"adapter at {path!s}: layer {name!r} has r={have[0]}, scaling={have[1]:g}, "
+                                 f"use_dora={have[2]}; the adapter has r={config.r}, scaling={config.scaling:g}, "
+                                 f"use_dora={config.use_dora}")
         d_in, d_out = layer_dims(base)
-        for part, shape in (("lora_A", (config.r, d_in)), ("lora_B", (d_out, config.r))):
-            key = f"{name}.{part}.weight"
+        parts = [("lora_A", (config.r, d_in)), ("lora_B", (d_out, config.r))]
+        if config.use_dora:
+            parts.append((MAGNITUDE, (d_out,)))
+        elif f"{name}.{MAGNITUDE}" in weights:
+            raise ValueError(f"adapter at {path!s}: layer {name!r} has a DoRA magnitude but its config has "
+                             "use_dora=false")
+        for part, shape in parts:
+            key = f"{name}.{part}" + ("" if part == MAGNITUDE else ".weight")
             if key not in weights:
                 raise ValueError(f"adapter at {path!s}: layer {name!r} has no {part} tensor")
             if not torch.isfinite(weights[key]).all():
@@ -297,10 +325,15 @@ def load_adapter(model: nn.Module, path: str | Path, *, adapter_name: str = DEFA
     with torch.no_grad():
         for key, tensor in weights.items():
             if ".lora_" in key:  # <layer>.lora_A.weight -> <layer>.lora_A.<adapter_name>.weight
-                layer, part = key.rsplit(".", 2)[:2]
-                key = f"{layer}.{part}.{adapter_name}.weight"
+                layer = _layer_of(key)
+                key = f"{layer}.{key[len(layer) + 1:].split('.')[0]}.{adapter_name}.weight"
             params[key].copy_(tensor.to(params[key].dtype))
     return model
+
+
+def _layer_of(key: str) -> str:
+    """``lin0`` of ``lin0.lora_A.weight``, ``lin0.lora_B.weight`` or ``lin0.lora_magnitude_vector``."""
+    return key.rsplit(".lora_", 1)[0]
 
 
 def _unwrapped_name(key: str, layer_names: list[str]) -> str:

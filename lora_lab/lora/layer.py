@@ -11,11 +11,18 @@ A layer holds any number of named adapters, as PEFT's ``LoraLayer``: ``layer.lor
 is the first one's A; :mod:`lora_lab.lora.multi` switches, disables, deletes, mixes and combines
 them model-wide. Adapter files (PEFT's on-disk format) live in :mod:`lora_lab.lora.io`;
 ``lora_lab.lora`` exports all three.
+
+The variants PEFT ships are options of an adapter, computed by :mod:`lora_lab.lora.variants`:
+``init_lora_weights="pissa"`` / ``"pissa_niter_K"`` / ``"loftq"`` initialize A and B from the
+base weight and *replace the base weight* (by PiSSA's residual, or by LoftQ's NF4-quantized
+weight); ``use_dora=True`` adds DoRA's trainable magnitude ``lora_magnitude_vector[name].weight``
+(out_features,), applied after A and B are initialized (PEFT's order).
 """
 
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -24,6 +31,7 @@ import torch
 from torch import nn
 
 from lora_lab._util import is_bnb_4bit, is_conv1d, warn_rank_above_min
+from lora_lab.lora import variants
 from lora_lab.lora.baselayer import (
     check_target_modules,
     get_weight,
@@ -34,7 +42,59 @@ from lora_lab.lora.baselayer import (
 )
 
 _BIAS = ("none", "all", "lora_only")
-_INIT = (True, False, "gaussian")
+_INIT = (True, False, "gaussian", "pissa", "pissa_niter_<K>", "loftq")  # K: an integer >= 0
+
+
+def pissa_niter(init_lora_weights) -> int | None:
+    """K of ``"pissa_niter_K"`` (PEFT's fast PiSSA: ``torch.svd_lowrank`` with K subspace
+    iterations); None for any other ``init_lora_weights``."""
+    found = re.fullmatch(r"pissa_niter_(\d+)", init_lora_weights) if isinstance(init_lora_weights, str) else None
+    return int(found.group(1)) if found else None
+
+
+def changes_base(init_lora_weights) -> bool:
+    """True for the inits that replace the base weight: ``"pissa"``, ``"pissa_niter_K"``, ``"loftq"``."""
+    return init_lora_weights in ("pissa", "loftq") or pissa_niter(init_lora_weights) is not None
+
+
+@dataclass(frozen=True)
+class LoftQConfig:
+    """LoftQ's options, named as PEFT's ``LoftQConfig``: ``loftq_bits`` 4 (bitsandbytes NF4,
+    blocks of 64) or 8 (int8, one absmax per row), ``loftq_iter`` alternating steps >= 1."""
+
+    loftq_bits: int = 4
+    loftq_iter: int = 1
+
+    def __post_init__(self):
+        if isinstance(self.loftq_bits, bool) or self.loftq_bits not in variants.NUM_BITS:
+            raise ValueError(f"loftq_bits must be one of {variants.NUM_BITS} (NF4 or int8, as PEFT's bitsandbytes "
+                             f"quantizer), got loftq_bits={self.loftq_bits!r}")
+        if isinstance(self.loftq_iter, bool) or not isinstance(self.loftq_iter, int) or self.loftq_iter < 1:
+            raise ValueError(f"loftq_iter must be an integer >= 1, got loftq_iter={self.loftq_iter!r}")
+
+
+def _check_loftq_config(loftq_config, init_lora_weights, *, required: bool) -> LoftQConfig | None:
+    """``loftq_config`` as a :class:`LoftQConfig` (a dict with PEFT's keys is converted); None
+    when ``init_lora_weights`` is not "loftq" (then it must be None or ``{}``, PEFT's empty value)."""
+    if init_lora_weights != "loftq":
+        if loftq_config is not None and loftq_config != {}:
+            raise ValueError(f"loftq_config is only used with init_lora_weights='loftq', got "
+                             f"loftq_config={loftq_config!r} with init_lora_weights={init_lora_weights!r}")
+        return None
+    if loftq_config is None or loftq_config == {}:
+        if required:
+            raise ValueError("init_lora_weights='loftq' needs loftq_config: pass LoftQConfig(loftq_bits=4, "
+                             "loftq_iter=1) or a dict with those keys")
+        return LoftQConfig()
+    if isinstance(loftq_config, dict):
+        unknown = sorted(set(loftq_config) - {"loftq_bits", "loftq_iter"})
+        if unknown:
+            raise ValueError(f"loftq_config has unknown keys {unknown}; allowed: 'loftq_bits', 'loftq_iter'")
+        return LoftQConfig(**loftq_config)
+    if not isinstance(loftq_config, LoftQConfig):
+        raise ValueError(f"loftq_config must be lora_lab.lora.LoftQConfig, a dict with keys 'loftq_bits', "
+                         f"'loftq_iter', or None, got {type(loftq_config).__module__}.{type(loftq_config).__name__}")
+    return loftq_config
 
 
 def _check_hparams(r, lora_alpha, lora_dropout, use_rslora=False, init_lora_weights=True) -> None:
@@ -48,9 +108,8 @@ def _check_hparams(r, lora_alpha, lora_dropout, use_rslora=False, init_lora_weig
         raise ValueError(f"lora_dropout must be in [0, 1), got lora_dropout={lora_dropout!r}")
     if not isinstance(use_rslora, bool):
         raise ValueError(f"use_rslora must be True or False (a bool), got use_rslora={use_rslora!r}")
-    if not (isinstance(init_lora_weights, bool) or
-            isinstance(init_lora_weights, str) and init_lora_weights == "gaussian"):
-        raise ValueError(f"init_lora_weights must be one of {_INIT}, "
+    if not (isinstance(init_lora_weights, bool) or init_lora_weights == "gaussian" or changes_base(init_lora_weights)):
+        raise ValueError(f"init_lora_weights must be one of {_INIT} (K an integer >= 0), "
                          f"got init_lora_weights={init_lora_weights!r}")
 
 
@@ -73,8 +132,16 @@ class LoraConfig:
         bias: which biases train: "none", "all" or "lora_only" (those of wrapped layers).
         use_rslora: scale by ``lora_alpha / sqrt(r)`` (rank-stabilized LoRA); a bool.
         init_lora_weights: True (A Kaiming-uniform, B zeros, as PEFT), "gaussian"
-            (A ~ N(0, σ²) with σ = 1/r, PEFT's choice; B zeros) or False (both random: the
-            output moves at step 0).
+            (A ~ N(0, σ²) with σ = 1/r, PEFT's choice; B zeros), False (both random: the
+            output moves at step 0), or a variant that replaces the base weight (a float
+            base, not 4-bit; r <= min(out_features, in_features); the model's first adapter):
+            "pissa" (exact SVD), "pissa_niter_K" (``torch.svd_lowrank`` with K >= 0
+            iterations, drawing from torch's global generator as PEFT) or "loftq".
+        use_dora: DoRA: a trainable magnitude per output unit (a bool).
+        loftq_config: a :class:`LoftQConfig` (or a dict with its keys), required iff
+            ``init_lora_weights="loftq"``. Unlike PEFT, LoftQ here uses the adapter's
+            ``scaling``: Q + scaling · B A ≈ W for any lora_alpha (PEFT ignores it, so its
+            adapter reproduces W only when lora_alpha == r; PEFT issue #1982).
 
     Raises:
         ValueError: for any field out of range or of the wrong type, naming the field,
@@ -88,6 +155,8 @@ class LoraConfig:
     bias: str = "none"
     use_rslora: bool = False
     init_lora_weights: bool | str = True
+    use_dora: bool = False
+    loftq_config: LoftQConfig | None = None
 
     def __post_init__(self):
         _check_hparams(self.r, self.lora_alpha, self.lora_dropout, self.use_rslora,
@@ -95,10 +164,14 @@ class LoraConfig:
         object.__setattr__(self, "target_modules", check_target_modules(self.target_modules))
         if not isinstance(self.bias, str) or self.bias not in _BIAS:
             raise ValueError(f"bias must be one of {_BIAS}, got bias={self.bias!r}")
+        if not isinstance(self.use_dora, bool):
+            raise ValueError(f"use_dora must be True or False (a bool), got use_dora={self.use_dora!r}")
+        object.__setattr__(self, "loftq_config",
+                           _check_loftq_config(self.loftq_config, self.init_lora_weights, required=True))
 
     @property
     def scaling(self) -> float:
-        return self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+        return variants.lora_scaling(self.r, self.lora_alpha, self.use_rslora)
 
 
 DEFAULT_ADAPTER = "default"
@@ -133,7 +206,8 @@ class LoRALinear(nn.Module):
     def __init__(self, base_layer: nn.Module, r: int = 8, lora_alpha: float = 8,
                  lora_dropout: float = 0.0, use_rslora: bool = False,
                  init_lora_weights: bool | str = True, generator: torch.Generator | None = None, *,
-                 adapter_name: str = DEFAULT_ADAPTER):
+                 adapter_name: str = DEFAULT_ADAPTER, use_dora: bool = False,
+                 loftq_config: LoftQConfig | dict | None = None):
         super().__init__()
         if not is_wrappable(base_layer):
             raise ValueError(f"base_layer must be nn.Linear, transformers Conv1D or a 4-bit linear "
@@ -142,10 +216,9 @@ class LoRALinear(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         check_adapter_name(adapter_name)
-        w = getattr(base_layer, "weight", None)
-        if isinstance(w, torch.Tensor) and w.dtype.is_floating_point and not torch.isfinite(w).all():
-            raise ValueError(f"base_layer.weight has {int((~torch.isfinite(w)).sum())} NaN/inf "
-                             "values; LoRA needs a finite base weight")
+        bad = _nonfinite_weights(base_layer)
+        if bad:
+            raise ValueError(f"base_layer.weight has {bad} NaN/inf values; LoRA needs a finite base weight")
         self.base_layer = base_layer.requires_grad_(False)  # W is frozen: no grad, no optimizer state
         self.in_features, self.out_features = layer_dims(base_layer)
         self.fan_in_fan_out = is_conv1d(base_layer)
@@ -154,12 +227,15 @@ class LoRALinear(nn.Module):
         self.lora_alpha: dict[str, float] = {}
         self.scaling: dict[str, float] = {}
         self.use_rslora: dict[str, bool] = {}
+        self.use_dora: dict[str, bool] = {}
+        self.lora_magnitude_vector = nn.ModuleDict()  # DoRA adapters only: [name].weight, (out_features,)
+        self._dora_weight_norm: dict[str, torch.Tensor] = {}  # ‖W + ΔW‖_row of each merged DoRA adapter
         self.merged_adapters: list[str] = []
         self._active_adapter = adapter_name
         self._disable_adapters = False
         self._mixed_adapter_names: list[str] | None = None  # set by lora_lab.lora.multi.mixed_batch
         self.update_layer(adapter_name, r, lora_alpha, lora_dropout, use_rslora, init_lora_weights,
-                          generator, _stacklevel=3)
+                          generator, use_dora=use_dora, loftq_config=loftq_config, _stacklevel=3)
 
     # ------------------------------------------------------------------ adapters held
 
@@ -180,40 +256,80 @@ class LoRALinear(nn.Module):
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
                      use_rslora: bool = False, init_lora_weights: bool | str = True,
-                     generator: torch.Generator | None = None, *, _stacklevel: int = 2) -> None:
+                     generator: torch.Generator | None = None, *, use_dora: bool = False,
+                     loftq_config: LoftQConfig | dict | None = None, _stacklevel: int = 2) -> None:
         """Add adapter ``adapter_name`` (PEFT's ``update_layer``); it trains only if it is the active one.
 
         A and B are built and initialized on the CPU (where a seeded generator lives, so the
         same seed gives the same adapter on any device), then moved next to the base weight.
-        On an error the layer is left as it was.
+        PEFT's order: A and B are initialized (PiSSA/LoftQ also replace the base weight, via
+        ``set_weight``), then DoRA's magnitude is measured on that base. PiSSA and LoftQ do not
+        use ``generator`` ("pissa_niter_K" draws from torch's global generator, as PEFT);
+        ``loftq_config`` None means ``LoftQConfig()``. On an error the layer is left as it was.
         """
         check_adapter_name(adapter_name)
         if adapter_name in self.lora_A:
             raise ValueError(f"adapter_name={adapter_name!r} is already in this layer ({list(self.lora_A)})")
         _check_hparams(r, lora_alpha, lora_dropout, use_rslora, init_lora_weights)
-        warn_rank_above_min(r, self.out_features, self.in_features, names=("out_features", "in_features"),
-                            stacklevel=_stacklevel)
+        if not isinstance(use_dora, bool):
+            raise ValueError(f"use_dora must be True or False (a bool), got use_dora={use_dora!r}")
+        loftq_config = _check_loftq_config(loftq_config, init_lora_weights, required=False)
+        if changes_base(init_lora_weights):
+            check_base_for_init(self.base_layer, r, init_lora_weights, held=list(self.lora_A))
+        else:
+            warn_rank_above_min(r, self.out_features, self.in_features, names=("out_features", "in_features"),
+                                stacklevel=_stacklevel)
         dtype = _float_dtype(self.base_layer)
         device = next(self.base_layer.parameters(), torch.empty(0)).device
         self.lora_dropout[adapter_name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.lora_A[adapter_name] = nn.Linear(self.in_features, r, bias=False, dtype=dtype)
         self.lora_B[adapter_name] = nn.Linear(r, self.out_features, bias=False, dtype=dtype)
         self.r[adapter_name], self.lora_alpha[adapter_name] = r, lora_alpha
-        self.use_rslora[adapter_name] = use_rslora
-        self.scaling[adapter_name] = lora_alpha / (math.sqrt(r) if use_rslora else r)
+        self.use_rslora[adapter_name], self.use_dora[adapter_name] = use_rslora, use_dora
+        self.scaling[adapter_name] = variants.lora_scaling(r, lora_alpha, use_rslora)
         try:
-            self.reset_lora_parameters(adapter_name, init_lora_weights, generator=generator)
+            if changes_base(init_lora_weights):
+                self._init_from_base(adapter_name, init_lora_weights, loftq_config)
+            else:
+                self.reset_lora_parameters(adapter_name, init_lora_weights, generator=generator)
+            self.lora_A[adapter_name].to(device)
+            self.lora_B[adapter_name].to(device)
+            if use_dora:
+                self.lora_magnitude_vector[adapter_name] = DoraMagnitude(variants.dora_init_magnitude(
+                    get_weight(self.base_layer), self.lora_A[adapter_name].weight.detach(),
+                    self.lora_B[adapter_name].weight.detach(), self.scaling[adapter_name]))
         except BaseException:
             self._remove_adapter(adapter_name)
             raise
-        self.lora_A[adapter_name].to(device)
-        self.lora_B[adapter_name].to(device)
-        for part in (self.lora_A, self.lora_B):
-            part[adapter_name].requires_grad_(adapter_name == self._active_adapter)
+        for part in self._trainable_parts():
+            if adapter_name in part:
+                part[adapter_name].requires_grad_(adapter_name == self._active_adapter)
+
+    @torch.no_grad()
+    def _init_from_base(self, adapter_name: str, init_lora_weights: str, loftq_config: LoftQConfig | None) -> None:
+        """PiSSA or LoftQ: A and B from the base weight, then the base weight replaced (last,
+        so that an error leaves it as it was)."""
+        weight = get_weight(self.base_layer)  # (out, in)
+        r, scaling = self.r[adapter_name], self.scaling[adapter_name]
+        if init_lora_weights == "loftq":
+            init = variants.loftq_init(weight, r, num_bits=loftq_config.loftq_bits,
+                                       num_iter=loftq_config.loftq_iter, scaling=scaling)
+            lora_A, lora_B, new_weight = init.lora_A, init.lora_B, init.dequantized_weight
+        else:
+            init = variants.pissa_init(weight, r, self.lora_alpha[adapter_name],
+                                       use_rslora=self.use_rslora[adapter_name], niter=pissa_niter(init_lora_weights))
+            lora_A, lora_B, new_weight = init.lora_A, init.lora_B, init.residual_weight
+        self.lora_A[adapter_name].weight.copy_(lora_A)
+        self.lora_B[adapter_name].weight.copy_(lora_B)
+        set_weight(self.base_layer, new_weight)
+
+    def _trainable_parts(self) -> tuple[nn.ModuleDict, ...]:
+        """The per-adapter modules that train: A, B and (DoRA) the magnitude."""
+        return self.lora_A, self.lora_B, self.lora_magnitude_vector
 
     def _remove_adapter(self, adapter_name: str) -> None:
-        for store in (self.lora_A, self.lora_B, self.lora_dropout, self.r, self.lora_alpha, self.scaling,
-                      self.use_rslora):
+        for store in (self.lora_A, self.lora_B, self.lora_dropout, self.lora_magnitude_vector, self.r,
+                      self.lora_alpha, self.scaling, self.use_rslora, self.use_dora, self._dora_weight_norm):
             if adapter_name in store:
                 del store[adapter_name]
 
@@ -224,9 +340,10 @@ class LoRALinear(nn.Module):
 
     def set_adapter(self, adapter_name: str) -> None:
         """Make ``adapter_name`` the active adapter (it need not be in this layer: then the
-        forward is the base's). As PEFT, the active adapter's A and B train, the others are frozen."""
+        forward is the base's). As PEFT, the active adapter's A and B (and DoRA magnitude) train,
+        the others are frozen."""
         check_adapter_name(adapter_name)
-        for part in (self.lora_A, self.lora_B):
+        for part in self._trainable_parts():
             for name, module in part.items():
                 module.requires_grad_(name == adapter_name)
         self._active_adapter = adapter_name
@@ -253,10 +370,13 @@ class LoRALinear(nn.Module):
     def reset_lora_parameters(self, adapter_name: str = DEFAULT_ADAPTER, init_lora_weights: bool | str = True,
                               generator: torch.Generator | None = None) -> None:
         """Initialize adapter ``adapter_name``'s A and B as PEFT does (``init_lora_weights=False``:
-        both random).
+        both random). PiSSA and LoftQ, which change the base weight, are :meth:`update_layer`'s.
 
         ``generator`` must live on the device of the adapter weights (CPU at construction).
         """
+        if changes_base(init_lora_weights):
+            raise ValueError(f"reset_lora_parameters: init_lora_weights={init_lora_weights!r} replaces the base "
+                             "weight; only update_layer applies it (allowed here: True, False, 'gaussian')")
         lora_A, lora_B = self.lora_A[adapter_name], self.lora_B[adapter_name]
         if init_lora_weights == "gaussian":
             lora_A.weight.normal_(0.0, 1.0 / self.r[adapter_name], generator=generator)  # std 1/r, as PEFT
@@ -291,7 +411,9 @@ class LoRALinear(nn.Module):
         update is rounded to the output dtype first and then added, as PEFT's
         ``lora.Linear4bit`` (outside autocast; inside autocast neither casts). Inside
         :func:`lora_lab.lora.multi.mixed_batch` each example takes its own adapter, and each
-        update is rounded to the output dtype before it is added (PEFT's mixed batch).
+        update is rounded to the output dtype before it is added (PEFT's mixed batch). A DoRA
+        adapter's output is :func:`~lora_lab.lora.variants.dora_forward` (PEFT's), formed in the
+        adapter's dtype and rounded once.
         """
         result = self.base_layer(x, *args, **kwargs)  # (..., out) frozen path
         if self._disable_adapters or self.merged:
@@ -302,6 +424,8 @@ class LoRALinear(nn.Module):
         if name not in self.lora_A:
             return result
         dtype = result.dtype
+        if name in self.lora_magnitude_vector:
+            return self._dora_output(x, result, name).to(dtype)
         if is_bnb_4bit(self.base_layer):  # PEFT's lora.bnb.Linear4bit.forward
             convert = not torch.is_autocast_enabled()
             update = self._adapter_output(x.to(self.lora_A[name].weight.dtype) if convert else x, name)
@@ -309,9 +433,24 @@ class LoRALinear(nn.Module):
         update = self._adapter_output(x.to(self.lora_A[name].weight.dtype), name)  # PEFT's lora.Linear.forward
         return (result + update).to(dtype)  # (..., out), one rounding
 
+    def _dora_output(self, x: torch.Tensor, result: torch.Tensor, name: str) -> torch.Tensor:
+        """The whole output with DoRA adapter ``name`` (PEFT's ``DoraLinearVariant.forward``): the
+        input cast to the adapter's dtype, dropout only while training with p > 0."""
+        if not (is_bnb_4bit(self.base_layer) and torch.is_autocast_enabled()):
+            x = x.to(self.lora_A[name].weight.dtype)
+        dropout = self.lora_dropout[name]
+        return variants.dora_forward(x, get_weight(self.base_layer).to(x.dtype), self.lora_A[name].weight,
+                            self.lora_B[name].weight, self.lora_magnitude_vector[name].weight, self.scaling[name],
+                            bias=getattr(self.base_layer, "bias", None), base_result=result,
+                            dropout=dropout if self.training and isinstance(dropout, nn.Dropout) else None)
+
     def _mixed_batch_forward(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         """PEFT's ``_mixed_batch_forward``: example i of the batch takes adapter ``names[i]``."""
         names = self._mixed_adapter_names
+        dora = [n for n in dict.fromkeys(names) if n in self.lora_magnitude_vector]
+        if dora:
+            raise ValueError(f"mixed_batch: adapter {dora[0]!r} uses DoRA; a mixed batch takes plain LoRA adapters "
+                             "only (PEFT, too: 'Cannot pass `adapter_names` when DoRA is enabled')")
         if x.ndim == 0 or len(names) != x.shape[0]:
             raise ValueError(f"mixed_batch: adapter_names has {len(names)} names but the batch has "
                              f"{x.shape[0] if x.ndim else 0} examples (one name per example)")
@@ -333,12 +472,35 @@ class LoRALinear(nn.Module):
         taken out), (out, in) in the base's dtype.
 
         Computed as PEFT's default merge (``weight.data += delta_weight``): in the adapter's
-        dtype, rounded once to the base's. Nothing is written.
+        dtype, rounded once to the base's. A DoRA adapter gives PEFT's
+        m / ‖W₀ + ΔW‖_row · (W + ΔW), with W₀ the base without any merged adapter (taking it
+        out needs the norm stored when it was merged). Nothing is written.
         """
+        name = self._check_holds(self._active_adapter if adapter_name is None else adapter_name)
         weight = get_weight(self.base_layer)  # (out, in), dequantized for 4-bit layers
-        delta = self.delta_weight(adapter_name)
+        norm = self._dora_merge_norm(name) if sign > 0 and name in self.lora_magnitude_vector else None
+        return self._merge_step(weight, name, sign, norm)
+
+    def _merge_step(self, weight: torch.Tensor, name: str, sign: int, norm: torch.Tensor | None = None):
+        """``weight`` with adapter ``name`` merged in (``sign=+1``; a DoRA adapter needs ``norm``)
+        or taken out (-1)."""
+        if name in self.lora_magnitude_vector:
+            parts = (self.lora_A[name].weight, self.lora_B[name].weight, self.lora_magnitude_vector[name].weight,
+                     self.scaling[name])
+            if sign > 0:
+                return variants.dora_merged_weight(weight, *parts, weight_norm=norm)
+            return variants.dora_unmerged_weight(weight, *parts, self._dora_weight_norm[name])
+        delta = self.delta_weight(name)
         dtype = torch.promote_types(weight.dtype, delta.dtype)
         return (weight.to(dtype) + sign * delta.to(weight.device, dtype)).to(weight.dtype)
+
+    def _dora_merge_norm(self, name: str) -> torch.Tensor:
+        """‖W₀ + ΔW‖_row of DoRA adapter ``name``, W₀ the base weight with every merged adapter
+        taken out (PEFT's ``_unmerged_base_weight``): what its forward divides by."""
+        weight = get_weight(self.base_layer)
+        for merged in reversed(self.merged_adapters):
+            weight = self._merge_step(weight, merged, -1)
+        return variants.dora_weight_norm(weight, self.delta_weight(name))
 
     @torch.no_grad()
     def _write(self, new: torch.Tensor, safe_merge: bool, what: str) -> None:
@@ -377,7 +539,10 @@ class LoRALinear(nn.Module):
             warnings.warn("merge(): already merged, nothing done", UserWarning, stacklevel=2)
             return
         for name in todo:
-            self._write(self.merged_weight(+1, name), safe_merge, "merge()")
+            norm = self._dora_merge_norm(name) if name in self.lora_magnitude_vector else None
+            self._write(self._merge_step(get_weight(self.base_layer), name, +1, norm), safe_merge, "merge()")
+            if norm is not None:
+                self._dora_weight_norm[name] = norm  # unmerge divides by it (PEFT caches it too)
             self.merged_adapters.append(name)
 
     @torch.no_grad()
@@ -389,17 +554,54 @@ class LoRALinear(nn.Module):
             return
         while self.merged_adapters:
             self._write(self.merged_weight(-1, self.merged_adapters[-1]), False, "unmerge()")
-            self.merged_adapters.pop()
+            self._dora_weight_norm.pop(self.merged_adapters.pop(), None)
 
     def extra_repr(self) -> str:
         name = self._active_adapter
         text = f"in_features={self.in_features}, out_features={self.out_features}"
         if name in self.lora_A:
             text += (f", r={self.r[name]}, lora_alpha={self.lora_alpha[name]}, scaling={self.scaling[name]:g}, "
-                     f"merged={self.merged}")
+                     f"merged={self.merged}") + (", use_dora=True" if self.use_dora[name] else "")
         if list(self.lora_A) != [name]:
             text += f", adapters={list(self.lora_A)}, active_adapter={name!r}"
         return text
+
+
+class DoraMagnitude(nn.Module):
+    """DoRA's trainable magnitude m of one adapter, ``weight`` (out_features,): PEFT's
+    ``lora_magnitude_vector[name].weight`` (its ``DoraLinearLayer``)."""
+
+    def __init__(self, magnitude: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(magnitude)
+
+
+def _nonfinite_weights(layer: nn.Module) -> int:
+    """How many entries of a float base weight are NaN/inf. A bitsandbytes 4-bit weight holds
+    packed codes (stored as floats with a float ``quant_storage``), not values: not checked."""
+    w = getattr(layer, "weight", None)
+    if is_bnb_4bit(layer) or not isinstance(w, torch.Tensor) or not w.dtype.is_floating_point:
+        return 0
+    return int((~torch.isfinite(w)).sum())
+
+
+def check_base_for_init(layer: nn.Module, r: int, init_lora_weights: str, *, held=(), where: str = "") -> None:
+    """ValueError unless ``init_lora_weights`` (PiSSA/LoftQ) can replace ``layer``'s weight: a
+    float base (PEFT refuses a quantized one: LoftQ quantizes it itself; quantize PiSSA's
+    residual afterwards), r <= min(out_features, in_features), and no other adapter (``held``)
+    sharing the base it replaces."""
+    at = f" (layer {where!r})" if where else ""
+    if is_bnb_4bit(layer) or not (isinstance(layer, nn.Linear) or is_conv1d(layer)):
+        raise ValueError(f"init_lora_weights={init_lora_weights!r} needs a float base layer (nn.Linear or "
+                         f"Conv1D), got {type(layer).__name__}{at}: PEFT expects an unquantized base (LoftQ "
+                         "quantizes it itself; quantize PiSSA's residual afterwards); or use init True/'gaussian'")
+    d_in, d_out = layer_dims(layer)
+    if r > min(d_out, d_in):
+        raise ValueError(f"init_lora_weights={init_lora_weights!r} needs r <= min(out_features, in_features) = "
+                         f"{min(d_out, d_in)}{at} (an SVD has no more directions), got r={r}")
+    if held:
+        raise ValueError(f"init_lora_weights={init_lora_weights!r} replaces the base weight, which adapters "
+                         f"{list(held)} already use{at}; add it as a model's first adapter")
 
 
 def _float_dtype(layer: nn.Module) -> torch.dtype:
@@ -447,9 +649,15 @@ def add_lora(model: nn.Module, config: LoraConfig, *, adapter_name: str = DEFAUL
     which remembers each adapter's config (``model.lora_configs``; ``model.lora_config`` is
     the active adapter's) for :func:`save_adapter`.
 
+    The variants are the config's: ``init_lora_weights="pissa"`` / ``"pissa_niter_K"`` /
+    ``"loftq"`` replace every target's base weight (PiSSA's residual, LoftQ's NF4 weight), so
+    they need float targets and a model without adapters; ``use_dora=True`` adds each
+    layer's trainable magnitude (``lora_magnitude_vector``).
+
     Everything is checked before anything changes: on any error (bad arguments, a target
-    that matches nothing, a NaN/inf base weight in any target, a name already loaded) the
-    model is left exactly as it was -- weights, ``requires_grad`` flags and module types.
+    that matches nothing, a NaN/inf base weight in any target, a name already loaded, a
+    variant the targets cannot take) the model is left exactly as it was -- weights,
+    ``requires_grad`` flags and module types.
 
     Raises:
         ValueError: naming the argument or layer at fault.
@@ -475,26 +683,35 @@ def add_lora(model: nn.Module, config: LoraConfig, *, adapter_name: str = DEFAUL
     if not names:
         raise ValueError(f"target_modules={config.target_modules!r} selects no linear layer")
     for name in names:  # validate every target before touching the model
-        w = getattr(model.get_submodule(name), "weight", None)
-        if isinstance(w, torch.Tensor) and w.dtype.is_floating_point and not torch.isfinite(w).all():
-            raise ValueError(f"add_lora: {name}.weight has {int((~torch.isfinite(w)).sum())} NaN/inf "
-                             "values; LoRA needs a finite base weight (the model was not changed)")
+        module = model.get_submodule(name)
+        bad = _nonfinite_weights(module)
+        if bad:
+            raise ValueError(f"add_lora: {name}.weight has {bad} NaN/inf values; LoRA needs a finite base "
+                             "weight (the model was not changed)")
+        if changes_base(config.init_lora_weights):
+            check_base_for_init(getattr(module, "base_layer", module), config.r, config.init_lora_weights, where=name,
+                                held=list(dict.fromkeys(n for layer in existing.values() for n in layer.lora_A)))
     flags = {p: p.requires_grad for p in model.parameters()}
     gen_state = generator.get_state() if generator is not None else None
     hparams = (config.r, config.lora_alpha, config.lora_dropout, config.use_rslora, config.init_lora_weights,
                generator)
-    wrappers, updated = [], []
+    variant = dict(use_dora=config.use_dora, loftq_config=config.loftq_config)
+    wrappers, updated, replaced = [], [], []
     try:  # build every adapter first; on failure undo what building did
         for name in names:
             module = model.get_submodule(name)
             if isinstance(module, LoRALinear):
-                module.update_layer(adapter_name, *hparams)
+                module.update_layer(adapter_name, *hparams, **variant)
                 updated.append(module)
             else:
-                wrappers.append((name, LoRALinear(module, *hparams, adapter_name=adapter_name)))
+                if changes_base(config.init_lora_weights):  # PiSSA/LoftQ write the base: keep it to undo
+                    replaced.append((module, get_weight(module).clone()))
+                wrappers.append((name, LoRALinear(module, *hparams, adapter_name=adapter_name, **variant)))
     except BaseException:
         for layer in updated:
             layer._remove_adapter(adapter_name)
+        for module, weight in replaced:
+            set_weight(module, weight)
         for p, flag in flags.items():
             p.requires_grad_(flag)
         if gen_state is not None:
@@ -582,6 +799,6 @@ def trainable_report(model: nn.Module) -> str:
     return (f"trainable params: {trainable:,d} || all params: {total:,d} || "
             f"trainable%: {100 * trainable / total:.4f}")
 
-__all__ = ["DEFAULT_ADAPTER", "BASE_ADAPTER", "LoraConfig", "LoRALinear", "add_lora", "check_adapter_name",
-           "find_target_modules", "lora_layers", "merge_lora", "unmerge_lora", "trainable_parameters",
-           "trainable_report"]
+__all__ = ["DEFAULT_ADAPTER", "BASE_ADAPTER", "DoraMagnitude", "LoftQConfig", "LoraConfig", "LoRALinear", "add_lora",
+           "changes_base", "check_adapter_name", "check_base_for_init", "find_target_modules", "lora_layers",
+           "merge_lora", "pissa_niter", "unmerge_lora", "trainable_parameters", "trainable_report"]

@@ -16,7 +16,8 @@ with L_0 R_0 = 0; the base becomes Q_T, lora_B = L_T, lora_A = R_T (both √S-sc
 PEFT's quantizer is bitsandbytes: NF4 with blocks of 64 and no double quantization
 (``num_bits=4``) or LLM.int8's row-wise absmax int8 (``num_bits=8``). PEFT does *not* divide
 by ``scaling`` (so W ≈ Q + B A, and the adapter reproduces W only when scaling = 1; PEFT issue
-#1982); :func:`loftq_init` does the same unless it is given the layer's ``scaling``.
+#1982); :func:`loftq_init` does the same unless it is given the layer's ``scaling``, which
+``LoRALinear`` (``init_lora_weights="loftq"``) always passes: Q + scaling · B A ≈ W for any lora_alpha.
 
 DoRA (Liu et al. 2024): W' = m · (W + ΔW) / ‖W + ΔW‖_row, with ΔW = scaling · B A, the norm
 taken over the input dimension (one per output unit, PEFT's ``dim=1``), the magnitude ``m``
@@ -203,6 +204,12 @@ def _check_adapter(weight: Tensor, lora_A: Tensor, lora_B: Tensor, magnitude: Te
                          f"{tuple(magnitude.shape) if isinstance(magnitude, Tensor) else type(magnitude).__name__}")
 
 
+def _check_norm(weight_norm, magnitude: Tensor) -> None:
+    if not isinstance(weight_norm, Tensor) or weight_norm.shape != magnitude.shape:
+        raise ValueError(f"weight_norm must be (out_features,) = {tuple(magnitude.shape)}, got "
+                         f"{tuple(weight_norm.shape) if isinstance(weight_norm, Tensor) else weight_norm!r}")
+
+
 def dora_weight_norm(weight: Tensor, delta_weight: Tensor | None = None) -> Tensor:
     """‖W + ΔW‖ over the input dimension: (out_features,), one norm per output unit (PEFT's
     ``get_weight_norm``, ``torch.linalg.norm(W + ΔW, dim=1)``; the paper's column norm of Wᵀ).
@@ -267,14 +274,21 @@ def dora_forward(x: Tensor, weight: Tensor, lora_A: Tensor, lora_B: Tensor, magn
 
 
 def dora_merged_weight(weight: Tensor, lora_A: Tensor, lora_B: Tensor, magnitude: Tensor,
-                       scaling: float) -> Tensor:
+                       scaling: float, *, weight_norm: Tensor | None = None) -> Tensor:
     """The merged DoRA weight m / ‖W + ΔW‖_row · (W + ΔW), ΔW = (B A) · scaling, (out, in)
     (PEFT's ``DoraLinearVariant.merge_unsafe``). To unmerge later keep
-    ``dora_weight_norm(weight, delta_weight)`` of the *unmerged* weight (:func:`dora_unmerged_weight`)."""
+    ``dora_weight_norm(weight, delta_weight)`` of the *unmerged* weight (:func:`dora_unmerged_weight`).
+
+    ``weight_norm``: the norm to divide by (default ‖weight + ΔW‖_row). When ``weight`` already
+    holds other merged adapters, pass that of the base without them, as PEFT does."""
     _check_adapter(weight, lora_A, lora_B, magnitude)
     _check_positive("scaling", scaling)
     delta_weight = (lora_B @ lora_A) * scaling
-    dora_factor = (magnitude / dora_weight_norm(weight, delta_weight).detach()).view(-1, 1)
+    if weight_norm is None:
+        weight_norm = dora_weight_norm(weight, delta_weight)
+    else:
+        _check_norm(weight_norm, magnitude)
+    dora_factor = (magnitude / weight_norm.detach()).view(-1, 1)
     return (dora_factor * (weight + delta_weight)).to(weight.dtype)
 
 
@@ -285,8 +299,6 @@ def dora_unmerged_weight(merged_weight: Tensor, lora_A: Tensor, lora_B: Tensor, 
     at merge time, from the unmerged weight (PEFT caches it)."""
     _check_adapter(merged_weight, lora_A, lora_B, magnitude)
     _check_positive("scaling", scaling)
-    if not isinstance(weight_norm, Tensor) or weight_norm.shape != magnitude.shape:
-        raise ValueError(f"weight_norm must be (out_features,) = {tuple(magnitude.shape)}, got "
-                         f"{tuple(weight_norm.shape) if isinstance(weight_norm, Tensor) else weight_norm!r}")
+    _check_norm(weight_norm, magnitude)
     dora_factor = (magnitude / weight_norm).view(-1, 1)
     return (merged_weight / dora_factor - (lora_B @ lora_A) * scaling).to(merged_weight.dtype)

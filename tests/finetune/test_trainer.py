@@ -3,8 +3,10 @@
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from lora_lab.corpus.task import make_split
 from lora_lab.finetune import trainer as train_mod
@@ -181,6 +183,132 @@ def test_corrupt_or_mismatched_checkpoint(tok, tmp_path):
     with pytest.raises(ValueError, match="shape"):
         load_checkpoint(tmp_path / CHECKPOINT, other, make_optimizer(
             [p for p in other.parameters() if p.requires_grad], TrainConfig()))
+
+
+# ---------------------------------------------------------------- weights_only=True checkpoints (issue 11, item 9)
+
+def tiny_gpt2(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=16, bos_token_id=0, eos_token_id=0)
+    cfg.update(kw)
+    return GPT2LMHeadModel(GPT2Config(**cfg)).eval()
+
+
+def snapshot(model):
+    """Everything a refused load_checkpoint must leave as it was: tensors, requires_grad flags, module types."""
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            {n: p.requires_grad for n, p in model.named_parameters()},
+            [(n, type(m).__name__) for n, m in model.named_modules()])
+
+
+def assert_same(model, snap):
+    tensors, flags, types = snap
+    now = model.state_dict()
+    assert sorted(now) == sorted(tensors)
+    for k, v in tensors.items():
+        assert torch.equal(now[k].nan_to_num(), v.nan_to_num()) and torch.equal(now[k].isnan(), v.isnan()), k
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert [(n, type(m).__name__) for n, m in model.named_modules()] == types
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture()
+def small():
+    model = add_lora(tiny_gpt2(), LoraConfig(r=2, target_modules=["c_attn"]),
+                     generator=torch.Generator().manual_seed(0))
+    opt = train_mod.make_optimizer([p for p in model.parameters() if p.requires_grad], train_mod.TrainConfig())
+    model(torch.randint(0, 97, (2, 8))).logits.sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_checkpoint_round_trip_under_weights_only(small, tmp_path):
+    model, opt = small
+    result = train_mod.TrainResult(losses=[1.0, 0.5], lrs=[1e-3, 1e-3], step=2,
+                                   evals=[(2, {"exact_match": np.float64(0.25), "n": np.int64(3)})])
+    path = train_mod.save_checkpoint(tmp_path / "c.pt", model, opt, result, train_mod.TrainConfig())
+    ckpt = torch.load(path, weights_only=True)  # loads with the safe unpickler
+    assert ckpt["evals"] == [(2, {"exact_match": 0.25, "n": 3})] and type(ckpt["evals"][0][1]["n"]) is int
+    assert "step" in ckpt["optimizer"]["state"][0] and isinstance(ckpt["rng"], torch.Tensor)
+    assert train_mod.load_checkpoint(path, model, opt)["step"] == 2
+
+
+def test_checkpoint_with_arbitrary_objects_is_refused_not_run(small, tmp_path):
+    model, opt = small
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    torch.save({"format": train_mod.CHECKPOINT_FORMAT, "step": 0, "x": _Evil(str(marker))}, path)
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match="refuses to unpickle"):
+        train_mod.load_checkpoint(path, model, opt)
+    assert not marker.exists()  # before the fix (weights_only=False) the payload ran
+    assert_same(model, snap)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "flip", "missing", "not_dict", "no_format",
+                                    "bad_entry", "nan_weight"])
+def test_corrupt_checkpoint_clear_error_model_unchanged(small, tmp_path, damage):
+    model, opt = small
+    path = train_mod.save_checkpoint(tmp_path / "c.pt", model, opt, train_mod.TrainResult(step=1),
+                                     train_mod.TrainConfig())
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(os.urandom(4096))
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "flip":
+        path.write_bytes(data[:64] + bytes(b ^ 0xFF for b in data[64:600]) + data[600:])
+    elif damage == "missing":
+        path.unlink()
+    else:
+        ckpt = torch.load(path, weights_only=True)
+        if damage == "not_dict":
+            ckpt = [1, 2, 3]
+        elif damage == "no_format":
+            del ckpt["format"]
+        elif damage == "bad_entry":
+            ckpt["step"] = "one"
+        else:
+            next(iter(ckpt["trainable"].values()))[0, 0] = float("nan")
+        torch.save(ckpt, path)
+    snap, opt_state = snapshot(model), opt.state_dict()["state"][0]["exp_avg"].clone()
+    with pytest.raises(ValueError, match="checkpoint"):
+        train_mod.load_checkpoint(path, model, opt)
+    assert_same(model, snap)
+    assert torch.equal(opt.state_dict()["state"][0]["exp_avg"], opt_state)
+
+
+def test_checkpoint_for_another_optimizer_changes_nothing(small, tmp_path):
+    model, opt = small
+    path = train_mod.save_checkpoint(tmp_path / "c.pt", model, opt, train_mod.TrainResult(step=1),
+                                     train_mod.TrainConfig())
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(1.0)
+    snap = snapshot(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    other = torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:]}])  # two groups, not one
+    with pytest.raises(ValueError, match="optimizer state does not fit"):
+        train_mod.load_checkpoint(path, model, other)
+    assert_same(model, snap)  # before the fix: weights were copied, then the optimizer failed
+
+
+def test_save_checkpoint_refuses_unstorable_objects(small, tmp_path):
+    model, opt = small
+    result = train_mod.TrainResult(evals=[(1, {"score": object()})])
+    with pytest.raises(ValueError, match="evals holds a object"):
+        train_mod.save_checkpoint(tmp_path / "c.pt", model, opt, result, train_mod.TrainConfig())
+    assert not (tmp_path / "c.pt").exists()
 
 
 def test_train_rejects_bad_calls(tok, tmp_path):

@@ -1,5 +1,7 @@
-"""Adapter files (issue 11, items 1 and 2): adapters with trained biases load into a fresh
-base, the recorded task_type fits the model so PEFT loads it, and bad inputs change nothing."""
+"""lora_lab.lora.io: adapter files in PEFT's format. Round trips with PEFT both ways, safetensors
+only, bad files refused; adapters with trained biases load into a fresh base and the recorded
+task_type fits the model so PEFT loads it (issue 11, items 1 and 2); several adapters in PEFT's
+layout (issue 13); bad inputs change nothing."""
 
 import json
 
@@ -11,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPT2Model
 from transformers.pytorch_utils import Conv1D
 
 from lora_lab.lora.io import infer_task_type, load_adapter, save_adapter
-from lora_lab.lora.layer import LoraConfig, add_lora, lora_layers
+from lora_lab.lora.layer import LoraConfig, LoRALinear, add_lora, lora_layers, merge_lora, unmerge_lora
 from lora_lab.lora.multi import active_adapter, adapter_names, set_adapter
 
 peft = pytest.importorskip("peft")
@@ -43,11 +45,12 @@ class ModelConv1D(nn.Module):
         return self.lin0(self.conv1d(self.emb(x)).flatten(1))
 
 
-def tiny_gpt2(seed=0):
+def tiny_gpt2(seed=0, **kw):
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=16,
-                                      bos_token_id=0, eos_token_id=0)).eval()
-
+    cfg = dict(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=16,
+               bos_token_id=0, eos_token_id=0)
+    cfg.update(kw)
+    return GPT2LMHeadModel(GPT2Config(**cfg)).eval()
 
 def fresh(kind, seed=0):
     torch.manual_seed(seed)
@@ -73,6 +76,110 @@ def _train_biases_and_B(model, seed=3):
             if p.requires_grad:  # lora_B (zero at init) and the biases that train
                 p.add_(torch.randn(p.shape, generator=g) * 0.3)
     return model
+
+
+# ------------------------------------------------------------------ round trips with PEFT, safetensors
+
+def _trained(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            layer.lora_B["default"].weight.normal_(0, 0.5, generator=g)
+    return model
+
+
+@pytest.mark.parametrize("rs", [False, True])
+def test_roundtrip_lora_lab_to_peft(tmp_path, rs):
+    from peft import PeftModel
+    ours = _trained(add_lora(tiny_gpt2(), LoraConfig(r=4, lora_alpha=16, use_rslora=rs,
+                                                       target_modules=["c_attn", "c_proj"])))
+    save_adapter(ours, tmp_path / "ad")
+    cfg = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["fan_in_fan_out"] is True
+    ref = PeftModel.from_pretrained(tiny_gpt2(), tmp_path / "ad").eval()
+    ids = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(3))
+    base_logits = tiny_gpt2()(ids).logits
+    ours_logits = ours(ids).logits
+    assert (ours_logits - base_logits).abs().max() > 1e-3  # the adapter does something
+    torch.testing.assert_close(ref(input_ids=ids).logits, ours_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_roundtrip_peft_to_lora_lab(tmp_path):
+    from peft import LoraConfig as PeftConfig
+    from peft import get_peft_model
+    ref = get_peft_model(tiny_gpt2(), PeftConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_fc"],
+                                                 init_lora_weights=False)).eval()
+    ref.save_pretrained(tmp_path / "peft")
+    ours = load_adapter(tiny_gpt2(), tmp_path / "peft").eval()
+    ids = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(ours(ids).logits, ref(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    # and into a model that already has matching (untrained) adapters
+    again = load_adapter(add_lora(tiny_gpt2(), LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_fc"])),
+                         tmp_path / "peft")
+    torch.testing.assert_close(again(ids).logits, ours(ids).logits)
+
+
+def test_save_is_safetensors_and_atomic(tmp_path):
+    model = _trained(add_lora(tiny_gpt2(), LoraConfig(r=2)))
+    out = save_adapter(model, tmp_path / "a")
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert not (out / "adapter_model.safetensors").read_bytes().startswith(b"\x80")  # no pickle
+
+
+# ------------------------------------------------------------------ refused: bad adapter files, a merged model
+
+def test_nan_weights_rejected(tmp_path):
+    base = nn.Linear(4, 4)
+    base.weight.data[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="base_layer.weight has 1 NaN/inf"):
+        LoRALinear(base, r=2)
+    model = _trained(add_lora(tiny_gpt2(), LoraConfig(r=2)))
+    next(layer for _, layer in lora_layers(model)).lora_B["default"].weight.data[0, 0] = float("inf")
+    save_adapter(model, tmp_path / "nan")
+    with pytest.raises(ValueError, match="lora_B contains NaN/inf"):
+        load_adapter(tiny_gpt2(), tmp_path / "nan")
+
+
+def test_mismatched_adapter_names_layer(tmp_path):
+    save_adapter(_trained(add_lora(tiny_gpt2(), LoraConfig(r=4))), tmp_path / "a")
+    bigger = tiny_gpt2(n_embd=64)
+    with pytest.raises(ValueError, match=r"layer 'transformer.h.0.attn.c_attn' expects lora_A of shape"):
+        load_adapter(bigger, tmp_path / "a")
+    deeper = save_adapter(_trained(add_lora(tiny_gpt2(n_layer=3), LoraConfig(r=4))), tmp_path / "b")
+    with pytest.raises(ValueError, match=r"'transformer.h.2.attn.c_attn'"):
+        load_adapter(tiny_gpt2(), deeper)
+    other_r = add_lora(tiny_gpt2(), LoraConfig(r=2))
+    with pytest.raises(ValueError, match=r"r=2"):
+        load_adapter(other_r, tmp_path / "a")
+
+
+def test_corrupt_adapter_files(tmp_path):
+    good = save_adapter(_trained(add_lora(tiny_gpt2(), LoraConfig(r=4))), tmp_path / "a")
+    weights = (good / "adapter_model.safetensors").read_bytes()
+    (good / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(ValueError, match="not a valid safetensors file"):
+        load_adapter(tiny_gpt2(), good)
+    (good / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_adapter(tiny_gpt2(), good)
+    (good / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 0, "lora_alpha": 8,
+                                                          "target_modules": ["c_attn"]}))
+    with pytest.raises(ValueError, match="r=0"):
+        load_adapter(tiny_gpt2(), good)
+    with pytest.raises(ValueError, match="adapter_config.json is missing"):
+        load_adapter(tiny_gpt2(), tmp_path / "nowhere")
+
+
+def test_merge_model_and_save_refuses_merged(tmp_path):
+    model = _trained(add_lora(tiny_gpt2(), LoraConfig(r=4, target_modules="all-linear")))
+    ids = torch.randint(0, 97, (1, 8))
+    before = model(ids).logits
+    merge_lora(model)
+    torch.testing.assert_close(model(ids).logits, before, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="unmerge"):
+        save_adapter(model, tmp_path / "m")
+    unmerge_lora(model)
+    save_adapter(model, tmp_path / "m")
 
 
 # ------------------------------------------------------------------ 1. bias="all" / "lora_only"

@@ -1,6 +1,6 @@
-"""lora_lab.lora.layer: shapes, init, scaling, merge, injection, PEFT parity, adapter files, bad input."""
+"""lora_lab.lora.layer: shapes, init, scaling, merge, injection, PEFT parity (fp32, fp16/bf16, 4-bit bases),
+PEFT's target matching, bad input (ValueError, model unchanged)."""
 
-import json
 import math
 import warnings
 
@@ -12,7 +12,6 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
-from lora_lab.lora.io import load_adapter, save_adapter
 from lora_lab.lora.layer import (
     LoraConfig,
     LoRALinear,
@@ -22,7 +21,6 @@ from lora_lab.lora.layer import (
     merge_lora,
     trainable_parameters,
     trainable_report,
-    unmerge_lora,
 )
 
 peft = pytest.importorskip("peft")
@@ -46,6 +44,34 @@ def make_base(kind, d_in, d_out, seed=0):
         layer.weight.data = torch.randn(d_in, d_out, generator=g)
     layer.bias.data = torch.randn(d_out, generator=g)
     return layer
+
+
+class One(nn.Module):
+    """A model with one linear layer (nn.Linear or GPT-2's Conv1D), for PEFT."""
+
+    def __init__(self, kind="linear", d_in=64, d_out=48):
+        super().__init__()
+        self.lin = nn.Linear(d_in, d_out) if kind == "linear" else Conv1D(d_out, d_in)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+def snapshot(model):
+    """Everything add_lora/merge may change: tensors, requires_grad flags, module types."""
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
+            {n: p.requires_grad for n, p in model.named_parameters()},
+            [(n, type(m).__name__) for n, m in model.named_modules()])
+
+
+def assert_same(model, snap):
+    tensors, flags, types = snap
+    now = model.state_dict()
+    assert sorted(now) == sorted(tensors)
+    for k, v in tensors.items():
+        assert torch.equal(now[k].nan_to_num(), v.nan_to_num()) and torch.equal(now[k].isnan(), v.isnan()), k
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert [(n, type(m).__name__) for n, m in model.named_modules()] == types
 
 
 # ---------------------------------------------------------------- the layer itself
@@ -219,52 +245,111 @@ def test_bias_modes(bias, expect):
     assert n_bias == (all_bias if expect is None else expect)
 
 
-# ---------------------------------------------------------------- adapter files
+# ---------------------------------------------------------------- fp16/bf16 bases as PEFT (issue 11, item 3)
 
-def _trained(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
+def _pair(kind, dtype, dropout=0.0):
+    """lora_lab's and PEFT's LoRA on the same 16-bit base, with the same fp32 adapters."""
+    torch.manual_seed(0)
+    fp32 = One(kind)
+    ref = peft.get_peft_model(One(kind), peft.LoraConfig(r=8, lora_alpha=16, target_modules=["lin"],
+                                                         lora_dropout=dropout, init_lora_weights=False))
+    peft_layer = ref.base_model.model.lin
+    peft_layer.base_layer.load_state_dict(fp32.lin.state_dict())
+    ref = ref.to(dtype)
+    for name, p in ref.named_parameters():  # PEFT's autocast_adapter_dtype: adapters stay fp32
+        if "lora_" in name:
+            p.data = p.data.float()
+    g = torch.Generator().manual_seed(1)
+    A, B = torch.randn(8, 64, generator=g) / 8, torch.randn(48, 8, generator=g)
+    base = One(kind).lin
+    base.load_state_dict(fp32.lin.state_dict())
+    ours = LoRALinear(base.to(dtype), r=8, lora_alpha=16, lora_dropout=dropout, init_lora_weights=False)
     with torch.no_grad():
-        for _, layer in lora_layers(model):
-            layer.lora_B["default"].weight.normal_(0, 0.5, generator=g)
-    return model
+        for layer_A, layer_B in ((ours.lora_A["default"], ours.lora_B["default"]),
+                                 (peft_layer.lora_A["default"], peft_layer.lora_B["default"])):
+            layer_A.weight.copy_(A)
+            layer_B.weight.copy_(B)
+    assert peft_layer.lora_A["default"].weight.dtype == torch.float32
+    return ours, peft_layer, fp32, A, B
 
 
-@pytest.mark.parametrize("rs", [False, True])
-def test_roundtrip_lora_lab_to_peft(tmp_path, rs):
-    from peft import PeftModel
-    ours = _trained(add_lora(tiny_gpt2(), LoraConfig(r=4, lora_alpha=16, use_rslora=rs,
-                                                       target_modules=["c_attn", "c_proj"])))
-    save_adapter(ours, tmp_path / "ad")
-    cfg = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
-    assert cfg["peft_type"] == "LORA" and cfg["fan_in_fan_out"] is True
-    ref = PeftModel.from_pretrained(tiny_gpt2(), tmp_path / "ad").eval()
-    ids = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(3))
-    base_logits = tiny_gpt2()(ids).logits
-    ours_logits = ours(ids).logits
-    assert (ours_logits - base_logits).abs().max() > 1e-3  # the adapter does something
-    torch.testing.assert_close(ref(input_ids=ids).logits, ours_logits, atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_forward_equals_peft_bitwise(kind, dtype):
+    ours, ref, fp32, A, B = _pair(kind, dtype)
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out, peft_out = ours(x.to(dtype)), ref(x.to(dtype))
+        exact = fp32.lin(x) + x @ A.T @ B.T * 2.0
+    assert out.dtype == peft_out.dtype == dtype
+    # before the fix: up to 0.0156 (fp16) / 0.0625 (bf16) apart, on ~440 of 1536 outputs
+    assert torch.equal(out, peft_out)
+    err = (out.float() - exact).abs().mean()
+    assert err == (peft_out.float() - exact).abs().mean()  # the same error as PEFT's, not 1.2x it
 
 
-def test_roundtrip_peft_to_lora_lab(tmp_path):
-    from peft import LoraConfig as PeftConfig
-    from peft import get_peft_model
-    ref = get_peft_model(tiny_gpt2(), PeftConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_fc"],
-                                                 init_lora_weights=False)).eval()
-    ref.save_pretrained(tmp_path / "peft")
-    ours = load_adapter(tiny_gpt2(), tmp_path / "peft").eval()
-    ids = torch.randint(0, 97, (2, 10), generator=torch.Generator().manual_seed(4))
-    torch.testing.assert_close(ours(ids).logits, ref(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
-    # and into a model that already has matching (untrained) adapters
-    again = load_adapter(add_lora(tiny_gpt2(), LoraConfig(r=8, lora_alpha=16, target_modules=["c_attn", "c_fc"])),
-                         tmp_path / "peft")
-    torch.testing.assert_close(again(ids).logits, ours(ids).logits)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_dropout_as_peft(dtype):
+    """PEFT casts the input to the adapter dtype *before* dropout: same masks, same values."""
+    ours, ref, *_ = _pair("linear", dtype, dropout=0.25)
+    ours.train(), ref.train()
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(3)).to(dtype)
+    torch.manual_seed(5)
+    a = ours(x)
+    torch.manual_seed(5)
+    b = ref(x)
+    assert torch.equal(a, b)
 
 
-def test_save_is_safetensors_and_atomic(tmp_path):
-    model = _trained(add_lora(tiny_gpt2(), LoraConfig(r=2)))
-    out = save_adapter(model, tmp_path / "a")
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
-    assert not (out / "adapter_model.safetensors").read_bytes().startswith(b"\x80")  # no pickle
+def test_bnb_4bit_base_rounds_update_first_as_peft():
+    """On a bitsandbytes 4-bit base PEFT's Linear4bit rounds the update to the output
+    dtype before adding it; lora_lab does the same there."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from peft.tuners.lora.bnb import Linear4bit as PeftLinear4bit
+
+    def base():
+        torch.manual_seed(0)
+        fp = nn.Linear(64, 48)
+        q = bnb.nn.Linear4bit(64, 48, compute_dtype=torch.bfloat16, quant_type="nf4")
+        q.weight = bnb.nn.Params4bit(fp.weight.data.clone(), requires_grad=False, quant_type="nf4")
+        q.bias = nn.Parameter(fp.bias.data.to(torch.bfloat16), requires_grad=False)
+        q.support_avx512bf16_for_cpu = False  # keep the standard layout (see models.keep_bnb_layout)
+        return q.to("cpu")
+
+    ours = LoRALinear(base(), r=8, lora_alpha=16, init_lora_weights=False)
+    holder = nn.Module()
+    holder.lin = base()
+    holder.is_loaded_in_4bit = True  # what transformers sets with BitsAndBytesConfig (chapter 05)
+    wrapped = peft.get_peft_model(holder, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["lin"],
+                                                          init_lora_weights=False))
+    ref = wrapped.base_model.model.lin
+    assert isinstance(ref, PeftLinear4bit) and ref.lora_A["default"].weight.dtype == torch.float32
+    with torch.no_grad():
+        ref.lora_A["default"].weight.copy_(ours.lora_A["default"].weight)
+        ref.lora_B["default"].weight.normal_(0, 1, generator=torch.Generator().manual_seed(1))
+        ours.lora_B["default"].weight.copy_(ref.lora_B["default"].weight)
+        x = torch.randn(8, 64, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+        out = ours(x)
+        assert out.dtype == torch.bfloat16 and torch.equal(out, ref(x))
+
+
+def test_fp32_forward_unchanged():
+    """fp32 bases: the sum was and is formed in fp32 (one rounding = none)."""
+    base = nn.Linear(16, 8)
+    layer = LoRALinear(base, r=2, init_lora_weights=False, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        A, B = layer.lora_A["default"], layer.lora_B["default"]
+        assert torch.equal(layer(x), base(x) + B(A(x)) * layer.scaling["default"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_merge_rounds_once_as_peft_default(dtype):
+    ours, ref, *_ = _pair("linear", dtype)
+    with torch.no_grad():
+        ours.merge()
+        ref.merge()  # PEFT's default (safe_merge=False): weight.data += delta_weight (fp32)
+    assert torch.equal(ours.base_layer.weight, ref.base_layer.weight)
 
 
 # ---------------------------------------------------------------- bad input
@@ -278,7 +363,7 @@ def test_save_is_safetensors_and_atomic(tmp_path):
     (dict(lora_dropout=1.0), r"lora_dropout must be in \[0, 1\).*1.0"),
     (dict(lora_dropout=-0.1), r"lora_dropout=-0.1"),
     (dict(bias="some"), r"bias must be one of"),
-    (dict(init_lora_weights="pissa"), r"init_lora_weights must be one of"),
+    (dict(init_lora_weights="olora"), r"init_lora_weights must be one of"),  # a PEFT init lora_lab lacks
     (dict(target_modules=[]), r"target_modules"),
 ])
 def test_config_errors(kwargs, match):
@@ -295,18 +380,6 @@ def test_layer_errors_and_rank_warning():
         LoRALinear(nn.Linear(4, 16), r=8)
 
 
-def test_nan_weights_rejected(tmp_path):
-    base = nn.Linear(4, 4)
-    base.weight.data[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="base_layer.weight has 1 NaN/inf"):
-        LoRALinear(base, r=2)
-    model = _trained(add_lora(tiny_gpt2(), LoraConfig(r=2)))
-    next(layer for _, layer in lora_layers(model)).lora_B["default"].weight.data[0, 0] = float("inf")
-    save_adapter(model, tmp_path / "nan")
-    with pytest.raises(ValueError, match="lora_B contains NaN/inf"):
-        load_adapter(tiny_gpt2(), tmp_path / "nan")
-
-
 def test_unknown_target_names_existing_modules():
     with pytest.raises(ValueError, match=r"'q_proj' matches no module.*'c_attn'"):
         add_lora(tiny_gpt2(), LoraConfig(target_modules=["q_proj"]))
@@ -316,46 +389,217 @@ def test_unknown_target_names_existing_modules():
                                                                   "transformer.h.1.attn.c_proj"]
 
 
-def test_mismatched_adapter_names_layer(tmp_path):
-    save_adapter(_trained(add_lora(tiny_gpt2(), LoraConfig(r=4))), tmp_path / "a")
-    bigger = tiny_gpt2(n_embd=64)
-    with pytest.raises(ValueError, match=r"layer 'transformer.h.0.attn.c_attn' expects lora_A of shape"):
-        load_adapter(bigger, tmp_path / "a")
-    deeper = save_adapter(_trained(add_lora(tiny_gpt2(n_layer=3), LoraConfig(r=4))), tmp_path / "b")
-    with pytest.raises(ValueError, match=r"'transformer.h.2.attn.c_attn'"):
-        load_adapter(tiny_gpt2(), deeper)
-    other_r = add_lora(tiny_gpt2(), LoraConfig(r=2))
-    with pytest.raises(ValueError, match=r"r=2"):
-        load_adapter(other_r, tmp_path / "a")
+# ---------------------------------------------------------------- add_lora: check, then change (issue 11, item 4)
+
+def test_add_lora_failing_half_way_leaves_model_unchanged():
+    model = tiny_gpt2()
+    model.transformer.h[1].mlp.c_fc.weight.data[0, 0] = float("nan")  # a *later* target
+    model.transformer.wte.weight.requires_grad_(True)
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=r"transformer\.h\.1\.mlp\.c_fc\.weight has 1 NaN/inf.*not changed"):
+        add_lora(model, LoraConfig(r=2, target_modules="all-linear"))
+    assert_same(model, snap)  # before the fix: every parameter frozen, 5 layers wrapped
+    assert not hasattr(model, "lora_config")
 
 
-def test_corrupt_adapter_files(tmp_path):
-    good = save_adapter(_trained(add_lora(tiny_gpt2(), LoraConfig(r=4))), tmp_path / "a")
-    weights = (good / "adapter_model.safetensors").read_bytes()
-    (good / "adapter_model.safetensors").write_bytes(weights[: len(weights) // 2])
-    with pytest.raises(ValueError, match="not a valid safetensors file"):
-        load_adapter(tiny_gpt2(), good)
-    (good / "adapter_config.json").write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        load_adapter(tiny_gpt2(), good)
-    (good / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 0, "lora_alpha": 8,
-                                                          "target_modules": ["c_attn"]}))
-    with pytest.raises(ValueError, match="r=0"):
-        load_adapter(tiny_gpt2(), good)
-    with pytest.raises(ValueError, match="adapter_config.json is missing"):
-        load_adapter(tiny_gpt2(), tmp_path / "nowhere")
+def test_add_lora_rolls_back_when_building_a_wrapper_fails(monkeypatch):
+    model = tiny_gpt2()
+    snap = snapshot(model)
+    gen = torch.Generator().manual_seed(7)
+    state = gen.get_state()
+    calls = []
+
+    def flaky(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("out of memory")
+        return original(self, *a, **k)
+    original = LoRALinear.reset_lora_parameters
+    monkeypatch.setattr(LoRALinear, "reset_lora_parameters", flaky)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        add_lora(model, LoraConfig(r=2, target_modules=["c_attn", "c_fc"]), generator=gen)
+    assert_same(model, snap)
+    assert torch.equal(gen.get_state(), state)
 
 
-def test_merge_model_and_save_refuses_merged(tmp_path):
-    model = _trained(add_lora(tiny_gpt2(), LoraConfig(r=4, target_modules="all-linear")))
-    ids = torch.randint(0, 97, (1, 8))
-    before = model(ids).logits
-    merge_lora(model)
-    torch.testing.assert_close(model(ids).logits, before, atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="unmerge"):
-        save_adapter(model, tmp_path / "m")
-    unmerge_lora(model)
-    save_adapter(model, tmp_path / "m")
+@pytest.mark.parametrize("call,match", [
+    (lambda m: add_lora(m, {"r": 2}), r"config must be a lora_lab LoraConfig, got dict"),
+    (lambda m: add_lora(m, peft.LoraConfig(r=2)), r"config must be a lora_lab LoraConfig.*peft"),
+    (lambda m: add_lora(m, LoraConfig(r=2), generator=0), r"generator must be a torch.Generator"),
+    (lambda m: add_lora(m, LoraConfig(target_modules=["q_proj"])), r"'q_proj' matches no module"),
+    (lambda m: add_lora(m, LoraConfig(target_modules="c_attn")), r"regex.*\['c_attn'\]"),
+    (lambda m: add_lora(m, LoraConfig(target_modules=["drop"])), r"'transformer.drop', a Dropout"),
+    (lambda m: add_lora("gpt2", LoraConfig()), r"model must be a torch.nn.Module, got str"),
+])
+def test_add_lora_bad_input_changes_nothing(call, match):
+    model = tiny_gpt2()
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        call(model)
+    assert_same(model, snap)
+
+
+# ---------------------------------------------------------------- merging a broken adapter (issue 11, item 5)
+
+def _broken_layer(kind="linear"):
+    base = nn.Linear(8, 6) if kind == "linear" else Conv1D(6, 8)
+    layer = LoRALinear(base, r=2, init_lora_weights=False, generator=torch.Generator().manual_seed(0))
+    layer.lora_B["default"].weight.data[1, 1] = float("nan")
+    return layer
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+def test_safe_merge_refuses_nan_and_keeps_base(kind):
+    layer = _broken_layer(kind)
+    w0 = layer.base_layer.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"8 NaN/inf.*left unchanged"):
+        layer.merge(safe_merge=True)
+    assert torch.equal(layer.base_layer.weight, w0) and not layer.merged
+
+
+def test_peft_safe_merge_raises_too():
+    model = peft.get_peft_model(One(), peft.LoraConfig(r=2, target_modules=["lin"], init_lora_weights=False))
+    model.base_model.model.lin.lora_B["default"].weight.data[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model.base_model.model.lin.merge(safe_merge=True)
+
+
+def test_unsafe_merge_writes_but_warns():
+    layer = _broken_layer()
+    with pytest.warns(RuntimeWarning, match=r"8 NaN/inf.*safe_merge=False"):
+        layer.merge()  # PEFT's default writes too, silently; lora_lab never silently
+    assert layer.merged and torch.isnan(layer.base_layer.weight).sum() == 8  # B[1,1] = NaN: row 1 of B A
+
+
+def test_fp16_overflow_is_caught():
+    base = nn.Linear(4, 4).half()
+    base.weight.data.fill_(60000.0)  # fp16 max is 65504
+    layer = LoRALinear(base, r=1, lora_alpha=1, init_lora_weights=False)
+    with torch.no_grad():
+        layer.lora_A["default"].weight.fill_(100.0)
+        layer.lora_B["default"].weight.fill_(100.0)
+    with pytest.raises(ValueError, match="overflows"):
+        layer.merge(safe_merge=True)
+    assert (base.weight == 60000.0).all()
+
+
+def test_merge_lora_safe_merge_is_all_or_nothing():
+    model = add_lora(tiny_gpt2(), LoraConfig(r=2, target_modules="all-linear", init_lora_weights=False))
+    names = [n for n, _ in lora_layers(model)]
+    dict(lora_layers(model))[names[-1]].lora_A["default"].weight.data[0, 0] = float("inf")  # the *last* layer
+    snap = snapshot(model)
+    with pytest.raises(ValueError, match=rf"layer '{names[-1]}'.*nothing was merged"):
+        merge_lora(model, safe_merge=True)
+    assert_same(model, snap)
+    assert not any(layer.merged for _, layer in lora_layers(model))
+    with pytest.raises(ValueError, match="safe_merge must be True or False"):
+        merge_lora(model, safe_merge="yes")
+
+
+def test_merge_of_finite_adapter_unchanged():
+    layer = LoRALinear(nn.Linear(8, 6), r=2, init_lora_weights=False)
+    w = layer.base_layer.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer.merge(safe_merge=True)
+    assert torch.equal(layer.base_layer.weight, w + layer.delta_weight())
+
+
+# ---------------------------------------------------------------- every LoraConfig field (issue 11, item 7)
+
+@pytest.mark.parametrize("field,value,match", [
+    ("target_modules", "", r"target_modules must not be an empty string.*allowed"),
+    ("target_modules", "   ", r"target_modules must not be an empty string"),
+    ("target_modules", None, r"target_modules must be a string or a list of strings, got target_modules=None"),
+    ("target_modules", 3, r"target_modules=3 \(int\)"),
+    ("target_modules", [], r"target_modules must not be empty"),
+    ("target_modules", ["c_attn", ""], r"entries must be non-empty strings.*''"),
+    ("target_modules", ["c_attn", 1], r"entries must be non-empty strings.*got 1"),
+    ("target_modules", "c_attn(", r"not a valid regular expression"),
+    ("use_rslora", "yes", r"use_rslora must be True or False.*use_rslora='yes'"),
+    ("use_rslora", 1, r"use_rslora=1"),
+    ("use_rslora", None, r"use_rslora=None"),
+    ("init_lora_weights", 1, r"init_lora_weights must be one of.*got init_lora_weights=1"),
+    ("init_lora_weights", 1.0, r"init_lora_weights=1.0"),
+    ("init_lora_weights", "Gaussian", r"init_lora_weights='Gaussian'"),
+    ("init_lora_weights", None, r"init_lora_weights=None"),
+    ("bias", None, r"bias must be one of.*bias=None"),
+    ("bias", ["none"], r"bias=\['none'\]"),
+    ("r", True, r"r must be a positive integer.*r=True"),
+    ("r", "8", r"r='8'"),
+    ("r", None, r"r=None"),
+    ("lora_alpha", True, r"lora_alpha must be a finite number > 0.*lora_alpha=True"),
+    ("lora_alpha", float("inf"), r"lora_alpha=inf"),
+    ("lora_alpha", float("nan"), r"lora_alpha=nan"),
+    ("lora_alpha", "16", r"lora_alpha='16'"),
+    ("lora_dropout", True, r"lora_dropout must be in \[0, 1\).*lora_dropout=True"),
+    ("lora_dropout", float("nan"), r"lora_dropout=nan"),
+    ("lora_dropout", "0.1", r"lora_dropout='0.1'"),
+])
+def test_config_field_errors(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        LoraConfig(**{field: value})
+
+
+def test_config_accepted_forms():
+    assert LoraConfig(target_modules="ALL-LINEAR").target_modules == "all-linear"  # PEFT lower-cases it
+    assert LoraConfig(target_modules={"c_fc", "c_attn"}).target_modules == ("c_attn", "c_fc")
+    assert LoraConfig(target_modules=["c_attn", "c_attn"]).target_modules == ("c_attn",)
+    assert LoraConfig(target_modules=r".*\.c_attn").target_modules == r".*\.c_attn"  # a regex stays a string
+    assert LoraConfig(init_lora_weights="gaussian", use_rslora=True, lora_dropout=0).use_rslora is True
+
+
+def test_layer_checks_the_same_fields():
+    with pytest.raises(ValueError, match="use_rslora must be True or False"):
+        LoRALinear(nn.Linear(4, 4), r=2, use_rslora="yes")
+    with pytest.raises(ValueError, match="init_lora_weights must be one of"):
+        LoRALinear(nn.Linear(4, 4), r=2, init_lora_weights=1.0)
+
+
+# ---------------------------------------------------------------- PEFT's target-matching rule (issue 11, item 8)
+
+def _peft_targets(model, target_modules):
+    from peft.tuners.lora import LoraLayer
+    wrapped = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=target_modules))
+    return sorted(n.removeprefix("base_model.model.") for n, m in wrapped.named_modules()
+                  if isinstance(m, LoraLayer))
+
+
+TARGETS = [
+    ["c_attn"], ["c_proj"], ["attn.c_proj"], ("c_attn", "c_fc"), {"c_fc", "mlp.c_proj"},
+    ["transformer.h.1.attn.c_attn"], ["h.0.mlp.c_fc", "c_attn"],
+    r".*\.0\.attn\.c_attn", r".*c_attn", r"transformer\.h\.\d+\.mlp\.c_(fc|proj)", r".*\.(c_attn|c_fc)",
+    r"transformer\.h\.1\..*c_proj", "all-linear", "All-Linear",
+]
+
+
+def _target_id(targets):
+    """The test id: a set in sorted order, so that it does not change with PYTHONHASHSEED."""
+    return "{" + ", ".join(map(repr, sorted(targets))) + "}" if isinstance(targets, set) else str(targets)
+
+
+@pytest.mark.parametrize("targets", TARGETS, ids=_target_id)
+@pytest.mark.parametrize("n_layer", [2, 3])
+def test_matching_equals_peft(targets, n_layer):
+    ours = find_target_modules(tiny_gpt2(n_layer=n_layer), targets)
+    assert sorted(ours) == _peft_targets(tiny_gpt2(n_layer=n_layer), targets)
+
+
+def test_all_linear_excludes_the_untied_head_as_peft():
+    model = tiny_gpt2(tie_word_embeddings=False)
+    assert "lm_head" not in find_target_modules(model, "all-linear")
+    assert sorted(find_target_modules(model, "all-linear")) == _peft_targets(tiny_gpt2(tie_word_embeddings=False),
+                                                                             "all-linear")
+
+
+@pytest.mark.parametrize("targets", ["c_attn", r"transformer\.h\.0\.attn"])
+def test_string_that_peft_rejects_is_rejected_with_a_hint(targets):
+    with pytest.raises(ValueError):
+        _peft_targets(tiny_gpt2(), targets)
+    with pytest.raises(ValueError, match="regex that must match the whole module name|GPT2Attention"):
+        find_target_modules(tiny_gpt2(), targets)
+    with pytest.raises(ValueError, match=r"for a name or suffix pass a list: \['c_attn'\]"):
+        find_target_modules(tiny_gpt2(), "c_attn")
 
 
 # ---------------------------------------------------------------- bitsandbytes 4-bit base
