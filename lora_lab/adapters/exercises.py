@@ -1,12 +1,15 @@
 """Checkers for the exercises of chapter 07 (many adapters on one base); the answers are
-computed by the library (the adapters' configs, chapter 04's byte counts), never typed in."""
+computed by the library (the adapters' configs, chapter 04's byte counts, LoftQ), never typed in."""
 
 from __future__ import annotations
+
+import torch
 
 from lora_lab._exercises import ExerciseResult, check_choice, check_number
 from lora_lab.adapters.pair import TASKS, adapter_config
 from lora_lab.adapters.serving import serving_memory
 from lora_lab.lora import COMBINATION_TYPES
+from lora_lab.lora.variants import loftq_init
 
 EX3_SETUP = dict(model="llama-2-7b", n_adapters=10, r=8, target_modules="all-linear", base_dtype="bf16",
                  adapter_dtype="bf16")
@@ -65,3 +68,35 @@ def check_exercise_merged_copies_ratio(answer) -> ExerciseResult:
                         mistakes=((m.n_adapters, "That leaves out the adapters' own memory."),),
                         explain=f"{want:.2f}: 10 × {m.base_bytes / 1e9:.2f} GB against {m.base_bytes / 1e9:.2f} GB + "
                                 f"10 × {m.adapter_bytes / 1e6:.0f} MB.")
+
+
+EX5_SETUP = dict(shape=(64, 128), std=0.02, seed=0, r=4)
+
+
+def loftq_exercise_weight() -> torch.Tensor:
+    """Ex. 5's weight: (64, 128), N(0, 0.02²) drawn from ``torch.Generator().manual_seed(0)``."""
+    g = torch.Generator().manual_seed(EX5_SETUP["seed"])
+    return torch.randn(*EX5_SETUP["shape"], generator=g) * EX5_SETUP["std"]
+
+
+def loftq_one_iteration_ratio() -> float:
+    """‖W − (Q₁ + B₁A₁)‖_F / ‖W − Q(W)‖_F of Ex. 5's weight: LoftQ (r = 4, one iteration, NF4)
+    against plain NF4, both from :func:`lora_lab.lora.variants.loftq_init`."""
+    errors = loftq_init(loftq_exercise_weight(), EX5_SETUP["r"], num_iter=1).errors
+    return errors[1] / errors[0]
+
+
+def check_exercise_loftq_one_iteration(answer) -> ExerciseResult:
+    """Ex. 5: on Ex. 5's weight, LoftQ's error after one iteration (r = 4) as a fraction of plain
+    NF4's error, ‖W − (Q₁ + B₁A₁)‖_F / ‖W − Q(W)‖_F."""
+    errors = loftq_init(loftq_exercise_weight(), EX5_SETUP["r"], num_iter=1).errors
+    want = errors[1] / errors[0]
+    return check_number(answer, want, rel_tol=2e-3,
+                        hint="loftq_init(W, r=4, num_iter=1).errors holds (plain NF4 error, error after one "
+                             "iteration); divide the second by the first.",
+                        mistakes=((1.0, "1 would mean the rank-4 correction removes nothing."),
+                                  (errors[1], "That is the error itself, not its fraction of plain NF4's."),
+                                  (errors[0], "That is plain NF4's error ‖W − Q(W)‖_F.")),
+                        explain=f"{want:.3f}: B₁A₁ is the best rank-4 fit of W − Q(W) (Eckart–Young), but NF4's "
+                                "error on a Gaussian weight is noise-like, spread over all 64 singular directions, "
+                                "so 4 of them remove only a few percent of it.")

@@ -53,10 +53,11 @@ def adapter_dir(name: str, seed: int, folder: str | Path | None = None) -> Path:
     return adapter_path(adapter_config(name, seed).id, folder or RESULTS)
 
 
-def nf4_base(device: str = "cpu"):
+def nf4_base(device: str = "cpu", model=None):
     """The shipped GPT-2, its block linears in NF4 + double quantization (lora_lab's 4-bit layer,
-    bitsandbytes' bytes; chapter 06's qlora base), fp32 compute; no adapter yet."""
-    model = load_model(MODEL, None, device=device, compute_dtype=torch.float32)
+    bitsandbytes' bytes; chapter 06's qlora base), fp32 compute; no adapter yet. ``model``: quantize
+    this float GPT-2 (in place) instead of loading one."""
+    model = load_model(MODEL, None, device=device, compute_dtype=torch.float32) if model is None else model
     return quantize_model(model, "all-linear", codebook="nf4", blocksize=64, double_quant=True,
                           compute_dtype=torch.float32)
 

@@ -45,7 +45,15 @@ from lora_lab.distributed.fsdp import (  # noqa: F401
     shard_model,
     transformer_blocks,
 )
-from lora_lab.distributed.launch import BACKEND, free_port, init_distributed, launched_world, save_adapter_atomic, spawn  # noqa: F401
+from lora_lab.distributed.launch import (  # noqa: F401
+    BACKEND,
+    free_port,
+    init_distributed,
+    launched_world,
+    save_adapter_atomic,
+    spawn,
+    torchrun,
+)
 from lora_lab.distributed.levers import LEVER_MODELS, LeverRow, lever_config, lever_table, measure_levers, step_times  # noqa: F401
 from lora_lab.distributed.runs import RunSpec, prepare_run, run_single, trainable_state  # noqa: F401
 from lora_lab.finetune.trainer import rank_share  # noqa: F401  (chapter 05's, the hook DDP and FSDP use)

@@ -5,7 +5,9 @@ tells each its place in the environment: ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR
 ``MASTER_PORT``. :func:`init_distributed` reads them and joins the process group (gloo on
 CPU, NCCL on GPUs). :func:`spawn` does the launcher's job from Python (a notebook cell, a
 test): it runs a function in fresh processes joined in a gloo group and returns what each
-rank returned. :func:`save_adapter_atomic` is how rank 0 alone publishes the adapter.
+rank returned. :func:`torchrun` starts ``python -m lora_lab ...`` under torch's launcher from
+Python and passes its log on line by line. :func:`save_adapter_atomic` is how rank 0 alone
+publishes the adapter.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import multiprocessing
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Callable
@@ -109,6 +114,52 @@ def spawn(fn: Callable, world_size: int = 2, *args, threads: int = 1) -> list:
         torch.multiprocessing.start_processes(_worker, args=(fn, world_size, free_port(), folder, threads, args),
                                               nprocs=world_size, join=True, start_method="forkserver")
         return [torch.load(Path(folder) / f"rank{r}.pt", weights_only=True) for r in range(world_size)]
+
+
+def torchrun(args, nproc_per_node: int = 2, *, threads: int = 1, log: Callable[[str], object] | None = print,
+             cwd: str | os.PathLike | None = None, timeout: float | None = 600) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node N -m lora_lab ARGS`` (torch's launcher, ``python -m
+    torch.distributed.run``, on 127.0.0.1 and a free port); ``nproc_per_node=1`` runs plain
+    ``python -m lora_lab ARGS``, the one-process run. Each process gets ``threads`` CPU threads.
+    Every line of its output (stdout and stderr together) goes to ``log`` as it arrives; returns
+    the finished process, ``stdout`` holding the whole log. A failed launch is not an exception:
+    read ``returncode``.
+
+    Raises:
+        ValueError: ``nproc_per_node`` or ``threads`` below 1.
+        subprocess.TimeoutExpired: still running after ``timeout`` seconds (it is killed).
+    """
+    for name, value in (("nproc_per_node", nproc_per_node), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc_per_node), "--master-addr",
+                "127.0.0.1", "--master-port", str(free_port())] if nproc_per_node > 1 else []
+    cmd = [sys.executable, *launcher, "-m", "lora_lab", *map(str, args)]
+    root = str(Path(__file__).resolve().parents[2])  # the lora_lab checkout, importable by every process
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    lines, expired = [], threading.Event()
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1) as proc:
+        def kill():
+            expired.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill) if timeout else None
+        if timer:
+            timer.start()
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if log is not None:
+                    log(line.rstrip("\n"))
+            proc.wait()
+        finally:
+            if timer:
+                timer.cancel()
+    if expired.is_set():
+        raise subprocess.TimeoutExpired(cmd, timeout, output="".join(lines))
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), None)
 
 
 def save_adapter_atomic(model, path: str | os.PathLike, config=None, **kwargs) -> Path:

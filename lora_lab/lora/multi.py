@@ -260,6 +260,11 @@ def add_weighted_adapter(model: nn.Module, adapters: Sequence[str], weights: Seq
         raise ValueError(f"adapters must be a non-empty list of adapter names, got adapters={adapters!r}")
     for name in adapters:
         _check_loaded(model, layers, name, "adapters entry")
+    dora = [a for a in adapters if any(a in layer.lora_magnitude_vector for _, layer in layers)]
+    if dora:
+        raise ValueError(f"add_weighted_adapter: adapter {dora[0]!r} uses DoRA; a combination is built from A and B "
+                         "only, so DoRA's trained magnitudes would be lost (PEFT 0.21.2 silently gives the result a "
+                         "fresh magnitude); combine plain LoRA adapters")
     if isinstance(weights, str) or not isinstance(weights, Sequence) or len(weights) != len(adapters):
         raise ValueError(f"weights must be a list of {len(adapters)} numbers (one per adapter), "
                          f"got weights={weights!r}")

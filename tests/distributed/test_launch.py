@@ -65,3 +65,15 @@ def test_the_adapter_appears_whole_or_the_previous_one_stays(tmp_path, monkeypat
     assert sorted(p.name for p in path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
     load_adapter(check := mlp(2), path)  # still the second adapter
     assert same_adapter(check, second)
+
+
+def test_torchrun_streams_the_log_and_returns_the_exit_code():
+    lines = []
+    done = launch.torchrun(["--help"], 1, log=lines.append)  # one process: plain python -m lora_lab
+    assert done.returncode == 0 and done.args[1:] == ["-m", "lora_lab", "--help"]
+    assert lines and "\n".join(lines) + "\n" == done.stdout and "qlora" in done.stdout
+    bad = launch.torchrun(["no-such-command"], 1, log=None)
+    assert bad.returncode == 2 and "invalid choice" in bad.stdout  # stderr merged into the log
+    for kw in ({"nproc_per_node": 0}, {"threads": 0}):
+        with pytest.raises(ValueError, match="must be an integer >= 1"):
+            launch.torchrun(["--help"], **kw)

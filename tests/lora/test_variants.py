@@ -571,7 +571,6 @@ def test_dora_refuses_mixed_batches_model_unchanged():
         assert model(x).shape == (2, 16)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the DoRA check in lora/multi.py add_weighted_adapter (see report)")
 def test_dora_refuses_add_weighted_adapter():
     """PEFT 0.21.2 combines only A and B and gives the result a fresh magnitude (the trained ones are lost)."""
     model = add_lora(tiny_mlp(), LoraConfig(r=4, lora_alpha=8, target_modules=["0", "2"], use_dora=True))
