@@ -79,17 +79,17 @@ def loftq_exercise_weight() -> torch.Tensor:
     return torch.randn(*EX5_SETUP["shape"], generator=g) * EX5_SETUP["std"]
 
 
-def loftq_one_iteration_ratio() -> float:
-    """‖W − (Q₁ + B₁A₁)‖_F / ‖W − Q(W)‖_F of Ex. 5's weight: LoftQ (r = 4, one iteration, NF4)
-    against plain NF4, both from :func:`lora_lab.lora.variants.loftq_init`."""
+def loftq_one_iteration_errors() -> tuple[float, float]:
+    """(‖W − Q(W)‖_F, ‖W − (Q₁ + B₁A₁)‖_F) of Ex. 5's weight: plain NF4 and LoftQ after one
+    iteration at r = 4, from :func:`lora_lab.lora.variants.loftq_init`."""
     errors = loftq_init(loftq_exercise_weight(), EX5_SETUP["r"], num_iter=1).errors
-    return errors[1] / errors[0]
+    return errors[0], errors[1]
 
 
 def check_exercise_loftq_one_iteration(answer) -> ExerciseResult:
     """Ex. 5: on Ex. 5's weight, LoftQ's error after one iteration (r = 4) as a fraction of plain
     NF4's error, ‖W − (Q₁ + B₁A₁)‖_F / ‖W − Q(W)‖_F."""
-    errors = loftq_init(loftq_exercise_weight(), EX5_SETUP["r"], num_iter=1).errors
+    errors = loftq_one_iteration_errors()
     want = errors[1] / errors[0]
     return check_number(answer, want, rel_tol=2e-3,
                         hint="loftq_init(W, r=4, num_iter=1).errors holds (plain NF4 error, error after one "
@@ -99,4 +99,4 @@ def check_exercise_loftq_one_iteration(answer) -> ExerciseResult:
                                   (errors[0], "That is plain NF4's error ‖W − Q(W)‖_F.")),
                         explain=f"{want:.3f}: B₁A₁ is the best rank-4 fit of W − Q(W) (Eckart–Young), but NF4's "
                                 "error on a Gaussian weight is noise-like, spread over all 64 singular directions, "
-                                "so 4 of them remove only a few percent of it.")
+                                f"so 4 of them remove only {100 * (1 - want):.0f}% of it.")
