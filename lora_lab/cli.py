@@ -5,6 +5,7 @@
     python -m lora_lab qlora --out runs/a --resume     # continue an interrupted run
     torchrun --nproc_per_node 2 -m lora_lab qlora      # DDP: 2 processes share each batch
     accelerate launch --config_file lora_lab/distributed/accelerate_cpu.yaml -m lora_lab qlora
+    python -m lora_lab trainers                        # the recipe via SFTTrainer, Trainer, lora_lab (3 seeds)
 
 Prints the task metric before and after, the trainable parameters, predicted and
 measured training memory, and the wall time; saves the adapter in PEFT's format to
@@ -74,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="run at most N new experiments")
     s.add_argument("--folder", default=None, help="results folder (default: data/experiments)")
     s.add_argument("--no-progress", dest="progress", action="store_false")
+    t = sub.add_parser("trainers", help="the QLoRA recipe through TRL's SFTTrainer, transformers' Trainer and "
+                                        "lora_lab's loop (chapter 08)",
+                       description="Runs every (seed, trainer) the records file lacks (resumable; ~15 CPU-minutes "
+                                   "for 3 seeds), then prints each trainer's exact match beside lora_lab's loop.")
+    t.add_argument("--out", default=None, help="records file (default: data/trainers/trainers.jsonl)")
+    t.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    t.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's, 80)")
+    t.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
 
 
@@ -201,13 +210,29 @@ def run_sweep_command(args, out=print) -> int:
     return 0
 
 
+def run_trainers_command(args, out=print) -> int:
+    """``python -m lora_lab trainers``: write the runs the records file lacks, then the verdict."""
+    from lora_lab.distributed import trainers
+
+    steps = trainers.RECIPE.steps if args.steps is None else args.steps
+    if steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    records = trainers.write_trainers(args.out or trainers.TRAINERS_FILE, seeds=tuple(args.seeds), steps=steps,
+                                      progress=args.progress, log=out)
+    out(trainers.compare_trainers([r for r in records if r["config"]["steps"] == steps]).verdict())
+    return 0
+
+
+COMMANDS = {"qlora": run_qlora, "sweep": run_sweep_command, "trainers": run_trainers_command}
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from lora_lab.finetune.models import ModelLoadError
 
     try:
-        return run_sweep_command(args) if args.command == "sweep" else run_qlora(args)
+        return COMMANDS[args.command](args)
     except ModelLoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -90,3 +90,23 @@ def test_a_bad_launch_environment_exits_2_before_joining_a_group(env, needle, tm
         main(["qlora", "--out", str(tmp_path), "--resume", *SMALL])
     assert exc.value.code == 2
     assert needle in capsys.readouterr().err
+
+
+def test_trainers_subcommand_writes_what_is_missing_then_prints_the_verdict(tmp_path, capsys, monkeypatch):
+    from lora_lab.distributed import trainers
+
+    committed = trainers.read_records()
+    calls = []
+
+    def write_trainers(path, *, seeds, steps, progress, log):
+        calls.append((path, seeds, steps, progress))
+        return committed
+
+    monkeypatch.setattr(trainers, "write_trainers", write_trainers)
+    assert main(["trainers", "--out", str(tmp_path / "t.jsonl"), "--seeds", "0", "1", "2", "--no-progress"]) == 0
+    assert calls == [(str(tmp_path / "t.jsonl"), (0, 1, 2), trainers.RECIPE.steps, False)]
+    assert "points of lora_lab's loop" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:
+        main(["trainers", "--steps", "0"])
+    assert stop.value.code == 2 and "--steps must be >= 1, got 0" in capsys.readouterr().err
+    assert len(calls) == 1  # refused before any run

@@ -7,8 +7,8 @@ the whole model; :func:`local_param_bytes` measures what one process keeps. With
 frozen base is sharded too, so its per-process bytes halve on 2 processes; the 4-bit QLoRA
 base shards the same way (FSDP2 shards every parameter by itself, of any dtype, so the
 bitsandbytes ``uint8`` codes need no ``bnb_4bit_quant_storage``; FSDP1's flat parameters
-did). :func:`qlora_quant_storage_probe` records what happens with a float
-``bnb_4bit_quant_storage`` (Answer.AI's FSDP1 setting) today; :func:`fsdp_memory` is the
+did). :func:`qlora_quant_storage_probe` runs the recipe on a float ``bnb_4bit_quant_storage``
+(Answer.AI's FSDP1 setting): the same codes, retyped, give the same logits; :func:`fsdp_memory` is the
 per-GPU arithmetic for a large model on N GPUs.
 """
 
@@ -30,7 +30,8 @@ from lora_lab.memory.predict import DTYPE_BYTES, quantized_linear_bytes, trainin
 from lora_lab.memory.shapes import ModelShape, model_shape
 
 QUANT_STORAGES = ("uint8", "bfloat16", "float16", "float32")
-# What qlora_quant_storage_probe reports today for a float quant storage (the test checks it still does).
+# What qlora_quant_storage_probe reported for a float quant storage while lora_lab's add_lora checked a 4-bit
+# layer's packed codes for NaN/inf as if they were values (it no longer does: the probe works, same logits).
 FLOAT_STORAGE_FAILURE = "NaN/inf values; LoRA needs a finite base weight"
 
 

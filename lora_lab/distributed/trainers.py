@@ -16,7 +16,8 @@ explains it.
     record = sft_trainer_run(seed=0, steps=80)     # like run_experiment's record
     record["metric"], record["metric_se"]          # held-out exact match and its binomial SE
 
-``python -m lora_lab.distributed.trainers`` writes :data:`TRAINERS_FILE` (3 seeds per trainer).
+``python -m lora_lab trainers`` (or ``python -m lora_lab.distributed.trainers``) writes
+:data:`TRAINERS_FILE` (3 seeds per trainer).
 """
 
 from __future__ import annotations
