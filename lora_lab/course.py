@@ -41,7 +41,8 @@ CHAPTERS = (
     Chapter("07_many_adapters.ipynb", "Many adapters",
             "serve two task adapters from one 4-bit base: switch, disable, combine, mixed batches", "adapters"),
     Chapter("08_scaling_out.ipynb", "Scaling out",
-            "train the recipe under DDP and FSDP, through TRL and Trainer, and measure two memory levers", "distributed"),
+            "train the recipe under DDP and FSDP, through TRL and Trainer, and measure two memory levers",
+            "distributed"),
 )
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "safetensors", "ipywidgets",

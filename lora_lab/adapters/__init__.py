@@ -39,7 +39,7 @@ from lora_lab.adapters.pair import (
     measure,
     nf4_base,
 )
-from lora_lab.adapters.plots import plot_interference, plot_weight_grid
+from lora_lab.adapters.plots import plot_interference, plot_variants, plot_weight_grid
 from lora_lab.adapters.run import (
     COMBINATIONS,
     WEIGHTS,
@@ -56,16 +56,20 @@ from lora_lab.adapters.variants_run import (
     init_error,
     run_variant,
     run_variants,
+    step_seconds,
     variant_configs,
+    variant_points,
     variant_records,
 )
 from lora_lab.adapters.widgets import combination_explorer, combination_readout
 
 __all__ = ["CombinationError", "Interference", "combination_errors", "interference", "lookup", "setting_key",
            "summarize", "check_exercise_cat_rank", "check_exercise_exact_combination",
-           "check_exercise_loftq_one_iteration", "check_exercise_merged_copies_ratio", "check_exercise_svd_full_rank_error", "MIX", "SEEDS", "TASKS",
-           "adapter_config", "adapter_dir", "apply_setting", "eval_sets", "load_pair", "measure", "nf4_base",
-           "plot_interference", "plot_weight_grid", "COMBINATIONS", "WEIGHTS", "combine_records", "run_combinations",
-           "settings", "train_adapters", "train_records", "ServingLatency", "ServingMemory", "adapter_flop_ratio",
-           "serving_latency", "serving_memory", "VARIANTS", "build_variant", "init_error", "run_variant", "run_variants",
-           "variant_configs", "variant_records", "combination_explorer", "combination_readout"]
+           "check_exercise_loftq_one_iteration", "check_exercise_merged_copies_ratio",
+           "check_exercise_svd_full_rank_error", "MIX", "SEEDS", "TASKS", "adapter_config", "adapter_dir",
+           "apply_setting", "eval_sets", "load_pair", "measure", "nf4_base", "plot_interference", "plot_weight_grid",
+           "COMBINATIONS", "WEIGHTS", "combine_records", "run_combinations", "settings", "train_adapters",
+           "train_records", "ServingLatency", "ServingMemory", "adapter_flop_ratio", "serving_latency",
+           "serving_memory", "VARIANTS", "build_variant", "init_error", "run_variant", "run_variants", "step_seconds",
+           "variant_configs", "variant_points", "variant_records", "plot_variants", "combination_explorer",
+           "combination_readout"]

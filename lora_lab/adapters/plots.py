@@ -9,6 +9,9 @@ from matplotlib.patches import Rectangle
 
 from lora_lab.adapters.combine import lookup
 from lora_lab.adapters.pair import TASKS
+from lora_lab.adapters.variants_run import variant_points
+from lora_lab.experiments.analysis import mean_curve
+from lora_lab.experiments.plots import plot_bars, plot_curves
 from lora_lab.lora import COMBINATION_TYPES
 
 TASK_LABELS = {"qa": "QA (chapter 05)", "cipher": "cipher K = 16 (chapter 06)"}
@@ -75,3 +78,17 @@ def _cell(summary: dict, combination_type: str, weights: tuple[float, float]) ->
         return lookup(summary, "base")
     return lookup(summary, "combination", None, combination_type, weights)
 
+
+
+def plot_variants(records: list[dict], *, smooth: int = 5, title: str = "") -> Figure:
+    """Left: each variant's training loss, averaged over seeds (running mean of ``smooth`` steps);
+    right: its held-out exact match, mean ± 1 se over seeds."""
+    fig = Figure(figsize=(10, 3.6), layout="constrained")
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.6, 1]})
+    pts = variant_points(records)
+    plot_curves({f"{v} ({p.n_seeds} seeds)": mean_curve(p.records, smooth) for v, p in pts.items()},
+                title=f"training loss (mean over seeds, running mean of {smooth})", ax=left)
+    plot_bars(pts, title="held-out exact match after training", ax=right)
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -37,8 +37,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
+from torch.utils import benchmark
 
 from lora_lab.adapters.pair import RESULTS, SEEDS, adapter_config, nf4_base
+from lora_lab.experiments.analysis import Point, points
 from lora_lab.experiments.engine import MODEL, ExperimentConfig, binomial_se, datasets, versions
 from lora_lab.experiments.sweep import append_record, read_records
 from lora_lab.finetune.evaluate import evaluate_task
@@ -155,6 +157,18 @@ def run_variant(variant: str, config: ExperimentConfig, *, tokenizer=None, progr
     }
 
 
+def step_seconds(model, batch: dict, *, min_run_time: float = 0.5) -> float:
+    """Median seconds of one training step's forward + backward on ``batch`` (a collated batch with
+    labels), torch.utils.benchmark's ``blocked_autorange``; gradients cleared after each step."""
+    def step():
+        model(**batch).loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    model.train()
+    return benchmark.Timer("step()", globals={"step": step}, num_threads=1).blocked_autorange(
+        min_run_time=min_run_time).median
+
+
 def variant_configs(variants=tuple(VARIANTS), seeds=SEEDS) -> list[tuple[str, ExperimentConfig]]:
     """Every (variant, config) the chapter records: each variant × seed, chapter 07's cipher adapter."""
     return [(check_variant(v), adapter_config(TASK, s)) for s in seeds for v in variants]
@@ -183,6 +197,18 @@ def run_variants(variants=tuple(VARIANTS), seeds=SEEDS, *, folder: str | Path | 
 def variant_records(folder: str | Path | None = None) -> list[dict]:
     """The committed variants records (one per variant and seed)."""
     return read_records(variants_path(folder))
+
+
+def variant_points(records: list[dict], value="metric") -> dict[str, Point]:
+    """{variant: its point} over seeds (chapter 06's mean ± se; the binomial floor for "metric");
+    ``value`` is a record key or a function of a record, as :func:`lora_lab.experiments.analysis.points`."""
+    out = {}
+    for v in VARIANTS:
+        found = points([r for r in records if r["variant"] == v], value)
+        if len(found) > 1:
+            raise ValueError(f"variant {v!r} has records of {len(found)} different configs; expected one")
+        out.update({v: found[0]} if found else {})
+    return out
 
 
 def rerun(record_id: str, folder: str | Path | None = None) -> tuple[dict, dict]:
