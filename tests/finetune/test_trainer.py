@@ -6,7 +6,6 @@ import signal
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from lora_lab.corpus.task import make_split
 from lora_lab.finetune import trainer as train_mod
@@ -25,6 +24,7 @@ from lora_lab.finetune.trainer import (
     train,
 )
 from lora_lab.lora.layer import LoraConfig, add_lora
+from tests.helpers import assert_same, snapshot, tiny_gpt2
 
 EXAMPLES = make_split("train", 48)
 
@@ -187,28 +187,10 @@ def test_corrupt_or_mismatched_checkpoint(tok, tmp_path):
 
 # ---------------------------------------------------------------- weights_only=True checkpoints (issue 11, item 9)
 
-def tiny_gpt2(seed=0, **kw):
-    torch.manual_seed(seed)
-    cfg = dict(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=16, bos_token_id=0, eos_token_id=0)
-    cfg.update(kw)
-    return GPT2LMHeadModel(GPT2Config(**cfg)).eval()
 
 
-def snapshot(model):
-    """Everything a refused load_checkpoint must leave as it was: tensors, requires_grad flags, module types."""
-    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
-            {n: p.requires_grad for n, p in model.named_parameters()},
-            [(n, type(m).__name__) for n, m in model.named_modules()])
 
 
-def assert_same(model, snap):
-    tensors, flags, types = snap
-    now = model.state_dict()
-    assert sorted(now) == sorted(tensors)
-    for k, v in tensors.items():
-        assert torch.equal(now[k].nan_to_num(), v.nan_to_num()) and torch.equal(now[k].isnan(), v.isnan()), k
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
-    assert [(n, type(m).__name__) for n, m in model.named_modules()] == types
 
 
 class _Evil:

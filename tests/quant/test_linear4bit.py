@@ -10,6 +10,7 @@ from transformers.pytorch_utils import Conv1D
 from lora_lab.lora.layer import LoraConfig, LoRALinear, add_lora, trainable_parameters
 from lora_lab.quant.blockwise import dequantize_4bit, quantize_4bit
 from lora_lab.quant.linear4bit import FrozenLinear4bit, quantize_model
+from tests.helpers import assert_same, snapshot, tiny_gpt2
 
 
 def _linear(d_in=96, d_out=160, seed=0, bias=True):
@@ -181,28 +182,10 @@ def test_quantize_model_bitsandbytes_backend_is_transformers_layout():
 
 # -- bad targets change nothing (issue 11, item 8) --------------------------------------------------
 
-def tiny_gpt2(seed=0, **kw):
-    torch.manual_seed(seed)
-    cfg = dict(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=16, bos_token_id=0, eos_token_id=0)
-    cfg.update(kw)
-    return GPT2LMHeadModel(GPT2Config(**cfg)).eval()
 
 
-def snapshot(model):
-    """Everything add_lora/merge may change: tensors, requires_grad flags, module types."""
-    return ({k: v.detach().clone() for k, v in model.state_dict().items()},
-            {n: p.requires_grad for n, p in model.named_parameters()},
-            [(n, type(m).__name__) for n, m in model.named_modules()])
 
 
-def assert_same(model, snap):
-    tensors, flags, types = snap
-    now = model.state_dict()
-    assert sorted(now) == sorted(tensors)
-    for k, v in tensors.items():
-        assert torch.equal(now[k].nan_to_num(), v.nan_to_num()) and torch.equal(now[k].isnan(), v.isnan()), k
-    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
-    assert [(n, type(m).__name__) for n, m in model.named_modules()] == types
 
 
 def test_quantize_model_bad_targets_change_nothing():
