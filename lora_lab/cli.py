@@ -36,13 +36,23 @@ def _targets(text: str):
     return "all-linear" if text == "all-linear" else tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+class _DeprecatedAlias(argparse.Action):
+    """An option's old name: stores to the new one, with a note on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"note: {option_string} is deprecated; use --{self.dest.replace('_', '-')}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m lora_lab", description="lora_lab command line")
     sub = parser.add_subparsers(dest="command", required=True)
     q = sub.add_parser("qlora", help="fine-tune with (Q)LoRA on the story question task",
                        description=__doc__.split("\n\n")[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("--model", default="data/lab-gpt2", help="data/lab-gpt2 (shipped), gpt2 (Hub) or a folder")
-    q.add_argument("--method", default="qlora", choices=("qlora", "lora", "full"))
+    q.add_argument("--recipe", default="qlora", choices=("qlora", "lora", "full"))
+    q.add_argument("--method", dest="recipe", choices=("qlora", "lora", "full"), default=argparse.SUPPRESS,
+                   action=_DeprecatedAlias, help=argparse.SUPPRESS)  # its name before 2026-12
     q.add_argument("--quantization", default="nf4", choices=("nf4", "fp4"))
     q.add_argument("--no-double-quant", dest="double_quant", action="store_false")
     q.add_argument("--backend", default="bitsandbytes", choices=("bitsandbytes", "lora_lab"))
@@ -113,7 +123,7 @@ def run_qlora(args, out=print) -> int:
         if args.device in (None, "cuda") and torch.cuda.is_available():
             args.device = f"cuda:{os.environ.get('LOCAL_RANK', rank)}"  # one GPU per process
         out = out if rank == 0 else (lambda *a, **k: None)
-    lora_config = None if args.method == "full" else LoraConfig(
+    lora_config = None if args.recipe == "full" else LoraConfig(
         r=args.r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         target_modules=_targets(args.target_modules))
     train_config = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -124,12 +134,12 @@ def run_qlora(args, out=print) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     tokenizer = load_tokenizer(args.model)
-    model = prepare_model(args.model, args.method, lora_config=lora_config, quantization=args.quantization,
+    model = prepare_model(args.model, args.recipe, lora_config=lora_config, quantization=args.quantization,
                           double_quant=args.double_quant, backend=args.backend, device=args.device,
                           seed=args.seed)
     device = next(model.parameters()).device
     quant = (f"{args.quantization.upper()}{' + double quant' if args.double_quant else ''} via {args.backend}"
-             if args.method == "qlora" else "not quantized")
+             if args.recipe == "qlora" else "not quantized")
     out(f"model: {args.model} on {device.type}, {quant}; weights in memory (base + adapters) "
         f"{_mb(model_bytes(model))}")
     train_set = make_split("train", args.train_examples, seed=args.seed)
@@ -143,7 +153,7 @@ def run_qlora(args, out=print) -> int:
     out(trainable_report(model))
     seq_len = max(len(x) for x, _ in encode_examples(tokenizer, train_set[:256]))
     per_process = max(1, args.batch_size // world_size)
-    mem = memory_report(model, args.method, batch_size=per_process, seq_len=seq_len,
+    mem = memory_report(model, args.recipe, batch_size=per_process, seq_len=seq_len,
                         lora_config=lora_config, double_quant=args.double_quant, seed=args.seed)
     each = " per process" if world_size > 1 else ""
     out(f"training memory (batch {per_process} x {seq_len} tokens{each}): predicted {_mb(mem.predicted_total)}, "
@@ -180,7 +190,7 @@ def run_qlora(args, out=print) -> int:
         out(f"adapter saved to {path} ({size / 1e3:.0f} kB, PEFT format)")
     wall = time.time() - t0
     out(f"wall time: {wall:.0f} s (training {train_s:.0f} s)")
-    metrics = {"model": args.model, "method": args.method, "exact_match_before": before,
+    metrics = {"model": args.model, "recipe": args.recipe, "exact_match_before": before,
                "exact_match_after": after, "steps": result.step, "start_step": result.start_step,
                "losses": result.losses, "evals": result.evals, "trainable": trainable_report(model),
                "memory_predicted": mem.predicted, "memory_measured": mem.measured,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_lab.cli import EXIT_INTERRUPTED, main
+from lora_lab.cli import EXIT_INTERRUPTED, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--train-examples", "64", "--eval-examples", "16", "--batch-size", "4", "--no-progress"]
@@ -30,6 +30,16 @@ def test_few_step_run_prints_the_figures_and_saves_a_peft_adapter(tmp_path, caps
     assert 0 <= metrics["exact_match_before"] <= 1 and metrics["memory_predicted"]["activations"] > 0
 
 
+def test_method_is_a_deprecated_alias_of_recipe(capsys):
+    parser = build_parser()
+    assert parser.parse_args(["qlora"]).recipe == "qlora"
+    assert parser.parse_args(["qlora", "--method", "full"]).recipe == "full"
+    assert "--method is deprecated; use --recipe" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(["qlora", "--method", "dora"])
+    assert "invalid choice: 'dora'" in capsys.readouterr().err
+
+
 def _cli(*args, **kw):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "lora_lab", "qlora", *args], cwd=ROOT, env=env,
@@ -37,7 +47,7 @@ def _cli(*args, **kw):
 
 
 def test_sigint_then_resume_continues_from_the_last_checkpoint(tmp_path):
-    args = ["--steps", "400", "--checkpoint-every", "5", "--method", "lora", "--out", str(tmp_path), *SMALL]
+    args = ["--steps", "400", "--checkpoint-every", "5", "--recipe", "lora", "--out", str(tmp_path), *SMALL]
     proc = _cli(*args)
     ckpt = tmp_path / "checkpoint.pt"
     deadline = time.time() + 120

@@ -45,7 +45,7 @@ def adapter_config(name: str, seed: int) -> ExperimentConfig:
     """The chapter-06 config that trains adapter ``name`` ("qa" or "cipher") with ``seed``."""
     if name not in TASKS:
         raise ValueError(f"name must be one of {tuple(TASKS)}, got name={name!r}")
-    return replace(BASE, **TASKS[name], method="qlora", quant_type="nf4", seed=seed)
+    return replace(BASE, **TASKS[name], recipe="qlora", quant_type="nf4", seed=seed)
 
 
 def adapter_dir(name: str, seed: int, folder: str | Path | None = None) -> Path:

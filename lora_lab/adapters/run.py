@@ -6,7 +6,7 @@
 
 ``train``: for each seed of :data:`~lora_lab.adapters.pair.SEEDS`, one adapter per task
 (chapter 05's QA format and chapter 06's K = 16 cipher), each trained by chapter 06's engine
-(:func:`lora_lab.experiments.engine.run_experiment`, ``method="qlora"``, NF4) and saved in
+(:func:`lora_lab.experiments.engine.run_experiment`, ``recipe="qlora"``, NF4) and saved in
 PEFT's format under ``data/adapters/adapters/<record id>/``. The configs are chapter 06's
 ``quant`` grid points, so the same ids (and metrics) are in ``data/experiments/quant.jsonl``.
 

@@ -13,20 +13,21 @@ import torch
 
 from lora_lab.corpus.task import make_split
 from lora_lab.finetune.models import load_tokenizer
-from lora_lab.finetune.recipe import METHODS, prepare_model
+from lora_lab.finetune.recipe import prepare_model
 from lora_lab.finetune.trainer import TrainConfig, train
 from lora_lab.lora.layer import LoraConfig
+from lora_lab.memory.predict import RECIPES
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """A chapter-05 recipe run small enough for tests: ``method`` (``"qlora"``, ``"lora"``,
+    """A chapter-05 recipe run small enough for tests: ``recipe`` (``"qlora"``, ``"lora"``,
     ``"full"``) on ``model``, ``steps`` AdamW steps of a global batch of ``batch_size`` drawn from
     ``train_examples`` story questions. ``lora_dropout`` is 0 so that the split batch draws no
     different dropout masks."""
 
     model: str = "data/lab-gpt2"
-    method: str = "lora"
+    recipe: str = "lora"
     steps: int = 3
     batch_size: int = 16
     train_examples: int = 64
@@ -38,15 +39,15 @@ class RunSpec:
     seed: int = 0
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {self.recipe!r}")
         if isinstance(self.train_examples, bool) or not isinstance(self.train_examples, int) \
                 or self.train_examples < 1:
             raise ValueError(f"train_examples must be an integer >= 1, got {self.train_examples!r}")
         self.train_config()  # validates steps, batch_size, lr, ...
 
     def lora_config(self) -> LoraConfig | None:
-        return None if self.method == "full" else LoraConfig(r=self.r, lora_alpha=self.lora_alpha,
+        return None if self.recipe == "full" else LoraConfig(r=self.r, lora_alpha=self.lora_alpha,
                                                              target_modules=self.target_modules)
 
     def train_config(self) -> TrainConfig:
@@ -58,7 +59,7 @@ def prepare_run(spec: RunSpec, model=None):
     """``(model, tokenizer, examples, train_config)`` for ``spec`` on the CPU; ``model`` replaces
     :func:`lora_lab.finetune.recipe.prepare_model`'s (a QLoRA base built another way)."""
     if model is None:
-        model = prepare_model(spec.model, spec.method, lora_config=spec.lora_config(), device="cpu",
+        model = prepare_model(spec.model, spec.recipe, lora_config=spec.lora_config(), device="cpu",
                               seed=spec.seed)
     return model, load_tokenizer(spec.model), make_split("train", spec.train_examples, seed=spec.seed), \
         spec.train_config()

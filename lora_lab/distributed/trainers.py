@@ -50,7 +50,7 @@ from lora_lab.finetune.trainer import collate, encode_examples
 from lora_lab.lora.io import CONFIG_NAME, WEIGHTS_NAME
 
 #: the chapter-05 QLoRA recipe as chapter 06's engine spells it (lora_lab's loop runs exactly this)
-RECIPE = ExperimentConfig(task="qa", method="qlora", quant_type="nf4", r=8, lora_alpha=16.0, targets="all-linear",
+RECIPE = ExperimentConfig(task="qa", recipe="qlora", quant_type="nf4", r=8, lora_alpha=16.0, targets="all-linear",
                           init="kaiming", lr=5e-3, steps=80, batch_size=8, warmup_steps=8, optimizer="adamw")
 TRAINERS = ("sft", "trainer", "lora_lab")  # TRL's SFTTrainer, transformers' Trainer, lora_lab's train()
 MIN_LR_RATIO = 0.1  # lora_lab.finetune.trainer.TrainConfig's default: cosine decays to lr / 10
@@ -80,7 +80,7 @@ def load_base(config: ExperimentConfig = RECIPE):
 
 def peft_lora_config(config: ExperimentConfig = RECIPE) -> peft.LoraConfig:
     """PEFT's ``LoraConfig`` of ``config``'s adapters (the same fields as lora_lab's LoraConfig)."""
-    wanted = {"method": "qlora", "quant_type": "nf4", "targets": "all-linear", "init": "kaiming", "use_rslora": False,
+    wanted = {"recipe": "qlora", "quant_type": "nf4", "targets": "all-linear", "init": "kaiming", "use_rslora": False,
               "optimizer": "adamw"}
     got = {name: getattr(config, name) for name in wanted}
     if got != wanted:

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-CONFIG_KEYS = ("task", "k", "method", "quant_type", "r", "lora_alpha", "use_rslora", "targets", "init",
+CONFIG_KEYS = ("task", "k", "recipe", "quant_type", "r", "lora_alpha", "use_rslora", "targets", "init",
                "lr", "steps", "batch_size", "warmup_steps", "optimizer", "train_examples", "eval_examples",
                "story_examples")
 Z = 2.0  # |Δ| / se_Δ above which two points are called different (≈ 95%)

@@ -32,12 +32,13 @@ from lora_lab.corpus.task import make_split
 from lora_lab.experiments.tasks import MIN_K, make_cipher_split
 from lora_lab.finetune.evaluate import evaluate_task, perplexity
 from lora_lab.finetune.models import load_model, load_tokenizer
-from lora_lab.finetune.recipe import METHODS
 from lora_lab.finetune.trainer import OPTIMIZERS as TRAIN_OPTIMIZERS
 from lora_lab.finetune.trainer import TrainConfig, collate, encode_examples, train
 from lora_lab.lora.baselayer import get_weight, is_wrappable
 from lora_lab.lora.io import save_adapter
-from lora_lab.lora.layer import LoraConfig, add_lora, lora_layers
+from lora_lab.lora.layer import LoraConfig, lora_layers
+from lora_lab.memory.measure import apply_recipe
+from lora_lab.memory.predict import RECIPES
 from lora_lab.quant.linear4bit import quantize_model
 
 TASKS = ("qa", "cipher")
@@ -63,7 +64,7 @@ class ExperimentConfig:
     Args:
         task: "qa" (chapter 05's question format) or "cipher" (answer with π(name), K names).
         k: the cipher's number of names (cipher only; ignored and stored as 0 for "qa").
-        method: "lora" (fp32 base), "qlora" (4-bit base) or "full" (every weight trains).
+        recipe: "lora" (fp32 base), "qlora" (4-bit base) or "full" (every weight trains).
         quant_type: the 4-bit codebook of a "qlora" base: "nf4", "fp4" or "int4".
         r, lora_alpha, use_rslora: the adapter (scaling = lora_alpha / r, or / sqrt(r)).
         targets: a key of :data:`TARGETS` ("all-linear", "attention", "mlp", "attn-qkv").
@@ -78,7 +79,7 @@ class ExperimentConfig:
 
     task: str = "qa"
     k: int = 0
-    method: str = "lora"
+    recipe: str = "lora"
     quant_type: str = "nf4"
     r: int = 8
     lora_alpha: float = 16.0
@@ -101,7 +102,7 @@ class ExperimentConfig:
                 raise ValueError(f"{name} must be one of {tuple(allowed)}, got {name}={getattr(self, name)!r}")
 
         choice("task", TASKS)
-        choice("method", METHODS)
+        choice("recipe", RECIPES)
         choice("quant_type", QUANT_TYPES)
         choice("targets", TARGETS)
         choice("init", INITS)
@@ -137,6 +138,9 @@ class ExperimentConfig:
         """The config stored in a record (unknown keys are an error, missing ones take defaults)."""
         known = {f.name for f in fields(cls)}
         extra = sorted(set(d) - known)
+        if "method" in extra:  # records written before the field was renamed
+            raise ValueError("config field 'method' is now called 'recipe' (and ids changed with it); "
+                             "re-run the sweep or rename the key in the record")
         if extra:
             raise ValueError(f"unknown experiment config field(s) {extra}; known: {sorted(known)}")
         return cls(**d)
@@ -171,15 +175,11 @@ def build_model(config: ExperimentConfig, *, device: str = "cpu"):
     has no int4); its NF4/FP4 bytes equal bitsandbytes' (chapter 03).
     """
     model = load_model(MODEL, None, device=device, compute_dtype=torch.float32)
-    if config.method == "qlora":
+    if config.recipe == "qlora":  # quantized here, so that apply_recipe keeps this 4-bit base
         quantize_model(model, "all-linear", codebook=config.quant_type, blocksize=64, double_quant=True,
                        compute_dtype=torch.float32)
-    if config.method == "full":
-        for p in model.parameters():
-            p.requires_grad_(True)
-    else:
-        add_lora(model, config.lora_config(), generator=torch.Generator().manual_seed(config.seed))
-    return model
+    lora_config = None if config.recipe == "full" else config.lora_config()
+    return apply_recipe(model, config.recipe, lora_config, generator=torch.Generator().manual_seed(config.seed))
 
 
 def story_loss(model, tokenizer, n: int = 64) -> float:
@@ -252,14 +252,14 @@ def run_experiment(config: ExperimentConfig, *, tokenizer=None, progress: bool =
     tokenizer = tokenizer or load_tokenizer(MODEL)
     train_set, eval_set = datasets(config)
     model = build_model(config)
-    base_key = (config.method == "qlora" and config.quant_type, config.story_examples)
+    base_key = (config.recipe == "qlora" and config.quant_type, config.story_examples)
     if base_key not in _BASE_CACHE:  # the base (after quantization) is the same for every seed
         _BASE_CACHE[base_key] = story_loss(model, tokenizer, config.story_examples) \
-            if config.init != "random" or config.method == "full" else None
+            if config.init != "random" or config.recipe == "full" else None
     before_loss = _BASE_CACHE[base_key]
-    if config.init == "random" and config.method != "full":  # B ≠ 0: the model already moved
+    if config.init == "random" and config.recipe != "full":  # B ≠ 0: the model already moved
         before_loss = story_loss(model, tokenizer, config.story_examples)
-    before = _weights(model) if config.method == "full" else None
+    before = _weights(model) if config.recipe == "full" else None
     train_config = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                                warmup_steps=min(config.warmup_steps, config.steps - 1), seed=config.seed,
                                optimizer=config.optimizer)
@@ -296,9 +296,9 @@ def run_experiment(config: ExperimentConfig, *, tokenizer=None, progress: bool =
         "cpu": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),
     }
-    if config.method == "full":
+    if config.recipe == "full":
         record["delta_spectra"] = delta_spectra(model, before)
-    if save_adapter_to is not None and config.method != "full":
+    if save_adapter_to is not None and config.recipe != "full":
         save_adapter(model, save_adapter_to, config.lora_config(), base_model_name_or_path=MODEL)
     return record
 

@@ -7,7 +7,7 @@ from lora_lab._exercises import ExerciseResult, check_choice, check_number
 from lora_lab.experiments import analysis as A
 from lora_lab.experiments.sweep import BASE, all_records
 
-RANK_SWEEP = dict(method="lora", lora_alpha=BASE.lora_alpha, lr=BASE.lr, targets="all-linear", init="kaiming",
+RANK_SWEEP = dict(recipe="lora", lora_alpha=BASE.lora_alpha, lr=BASE.lr, targets="all-linear", init="kaiming",
                   batch_size=BASE.batch_size, use_rslora=False, steps=BASE.steps)
 
 
@@ -17,14 +17,14 @@ def smallest_rank_near_best(task: str = "cipher", k: int = 16, records=None) -> 
     return min(p.config["r"] for p in A.indistinguishable_from_best(ps))
 
 
-def best_lr(method: str, r: int = 8, records=None) -> float:
+def best_lr(recipe: str, r: int = 8, records=None) -> float:
     """The learning rate with the highest mean accuracy on cipher K=16 (LoRA at rank r, or full)."""
     where = dict(task="cipher", k=16, batch_size=BASE.batch_size, steps=BASE.steps)
-    if method == "lora":
+    if recipe == "lora":
         where.update(RANK_SWEEP, r=r)
         where.pop("lr")
     else:
-        where.update(method="full")
+        where.update(recipe="full")
     return A.best(A.series(records or all_records(), "lr", **where)).config["lr"]
 
 

@@ -49,7 +49,7 @@ def _grid_rank():
     for t in TASK_SET:
         for r in RANKS:
             yield replace(BASE, **t, r=r)
-        yield replace(BASE, **t, method="full", lr=FULL_LR)
+        yield replace(BASE, **t, recipe="full", lr=FULL_LR)
 
 
 def _grid_alpha():
@@ -66,11 +66,11 @@ def _grid_lr():
         for lr in LR_GRID:
             yield replace(BASE, **CIPHER, r=r, lr=lr)
     for lr in FULL_LR_GRID:
-        yield replace(BASE, **CIPHER, method="full", lr=lr)
+        yield replace(BASE, **CIPHER, recipe="full", lr=lr)
     for b in (2, 8, 32):  # 320, 80 and 20 steps  # same examples seen, fewer and larger steps
         steps = EXAMPLES_SEEN // b
-        for method, lr in (("lora", BASE.lr), ("full", FULL_LR)):
-            yield replace(BASE, **CIPHER, method=method, lr=lr, batch_size=b, steps=steps,
+        for recipe, lr in (("lora", BASE.lr), ("full", FULL_LR)):
+            yield replace(BASE, **CIPHER, recipe=recipe, lr=lr, batch_size=b, steps=steps,
                           warmup_steps=max(1, steps // 10))
 
 
@@ -95,7 +95,7 @@ def _grid_init():
 def _grid_quant():
     for t in ({"task": "qa"}, CIPHER):
         for q in ("nf4", "fp4", "int4"):
-            yield replace(BASE, **t, method="qlora", quant_type=q)
+            yield replace(BASE, **t, recipe="qlora", quant_type=q)
 
 
 def _grid_update():  # adapters kept (data/experiments/adapters/<id>/) for the §7 analysis

@@ -33,7 +33,7 @@ def config_from_controls(task, r, lora_alpha, use_rslora, targets, quantization,
     """The :class:`ExperimentConfig` (seed 0) the explorer's controls describe."""
     name, k = task
     return replace(BASE, task=name, k=k, r=r, lora_alpha=float(lora_alpha), use_rslora=use_rslora,
-                   targets=targets, method="lora" if quantization is None else "qlora",
+                   targets=targets, recipe="lora" if quantization is None else "qlora",
                    quant_type=quantization or "nf4", lr=lr, steps=steps,
                    warmup_steps=min(BASE.warmup_steps, steps // 10) or 1, seed=0)
 
@@ -54,7 +54,7 @@ def nearest_point(config: ExperimentConfig, records: list[dict]):
 
 def _describe(c: ExperimentConfig) -> str:
     task = "QA" if c.task == "qa" else f"cipher K={c.k}"
-    base = "fp32" if c.method == "lora" else c.quant_type.upper()
+    base = "fp32" if c.recipe == "lora" else c.quant_type.upper()
     return (f"{task}, r={c.r}, α={c.lora_alpha:g}{' (rsLoRA)' if c.use_rslora else ''}, {c.targets}, "
             f"{base} base, lr={c.lr:g}, {c.steps} steps")
 

@@ -37,7 +37,7 @@ from lora_lab.finetune.models import (  # noqa: F401
     resolve_model_path,
 )
 from lora_lab.finetune.plots import plot_loss_curves  # noqa: F401
-from lora_lab.finetune.recipe import METHODS, MemoryReport, memory_report, prepare_model  # noqa: F401
+from lora_lab.finetune.recipe import MemoryReport, memory_report, prepare_model  # noqa: F401
 from lora_lab.finetune.trainer import (  # noqa: F401
     CHECKPOINT,
     CHECKPOINT_FORMAT,

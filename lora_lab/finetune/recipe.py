@@ -20,18 +20,17 @@ import torch
 from lora_lab.finetune.models import load_model
 from lora_lab.lora.layer import LoraConfig
 from lora_lab.memory.measure import apply_recipe, predict_and_measure
+from lora_lab.memory.predict import RECIPES
 
-METHODS = ("qlora", "lora", "full")
 
-
-def prepare_model(name_or_path: str = "data/lab-gpt2", method: str = "qlora", *,
+def prepare_model(name_or_path: str = "data/lab-gpt2", recipe: str = "qlora", *,
                   lora_config: LoraConfig | None = None, quantization: str = "nf4",
                   double_quant: bool = True, backend: str = "bitsandbytes", device: str | None = None,
                   compute_dtype: torch.dtype | None = None, seed: int = 0):
-    """Load ``name_or_path`` and make it ready to train with ``method``.
+    """Load ``name_or_path`` and make it ready to train with ``recipe``.
 
     Args:
-        method: "qlora", "lora" or "full".
+        recipe: "qlora", "lora" or "full".
         lora_config: adapters for "qlora"/"lora" (default: r=8, alpha=16, all-linear).
         quantization, double_quant, backend: the 4-bit base of "qlora" (see :func:`load_model`).
         seed: seeds the adapters' A initialization (B starts at zero).
@@ -39,13 +38,13 @@ def prepare_model(name_or_path: str = "data/lab-gpt2", method: str = "qlora", *,
     Returns:
         The model; for "full" every parameter requires grad.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    quant = quantization if method == "qlora" else None
-    if method == "qlora" and quantization not in ("nf4", "fp4"):
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {recipe!r}")
+    quant = quantization if recipe == "qlora" else None
+    if recipe == "qlora" and quantization not in ("nf4", "fp4"):
         raise ValueError(f"qlora needs quantization 'nf4' or 'fp4', got {quantization!r}")
     model = load_model(name_or_path, quant, double_quant, backend, compute_dtype=compute_dtype, device=device)
-    return apply_recipe(model, method, lora_config, generator=torch.Generator().manual_seed(seed))
+    return apply_recipe(model, recipe, lora_config, generator=torch.Generator().manual_seed(seed))
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class MemoryReport:
         return sum(self.measured.values())
 
 
-def memory_report(model, method: str, *, batch_size: int, seq_len: int,
+def memory_report(model, recipe: str, *, batch_size: int, seq_len: int,
                   lora_config: LoraConfig | None = None, double_quant: bool = True,
                   gradient_checkpointing: bool = False, seed: int = 0) -> MemoryReport:
     """Predict, then measure, the memory of one training step of ``model`` (as prepared by
@@ -76,12 +75,12 @@ def memory_report(model, method: str, *, batch_size: int, seq_len: int,
     The measured step runs a throwaway AdamW; the trainable weights are restored after it,
     so the model is exactly as before.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {recipe!r}")
     params = [p for p in model.parameters() if p.requires_grad]
     saved = [p.detach().clone() for p in params]
     predicted, measured = predict_and_measure(
-        model, method, torch.optim.AdamW(params, lr=1e-3), batch_size=batch_size, seq_len=seq_len, seed=seed,
+        model, recipe, torch.optim.AdamW(params, lr=1e-3), batch_size=batch_size, seq_len=seq_len, seed=seed,
         lora_config=lora_config, double_quant=double_quant, gradient_checkpointing=gradient_checkpointing)
     with torch.no_grad():
         for p, s in zip(params, saved):

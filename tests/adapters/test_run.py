@@ -55,7 +55,7 @@ def test_adapters_are_chapter_06_quant_grid_points_with_the_same_results():
     assert {r["id"] for r in TRAIN} == {adapter_config(n, s).id for n in TASKS for s in SEEDS}
     for rec in TRAIN:
         c = rec["config"]
-        assert c["method"] == "qlora" and c["quant_type"] == "nf4" and c["r"] == 8
+        assert c["recipe"] == "qlora" and c["quant_type"] == "nf4" and c["r"] == 8
         assert c["task"] == TASKS[rec["adapter"]]["task"]
         ch06 = find_record(rec["id"])  # the same config was run by chapter 06's quant grid
         assert abs(ch06["metric"] - rec["metric"]) <= 3 * max(rec["metric_se"], 1 / rec["n_eval"])

@@ -16,8 +16,8 @@ from lora_lab.finetune.exercises import lora_params_all_linear
 from lora_lab.finetune.recipe import prepare_model
 from lora_lab.memory.shapes import model_shape
 
-LORA = RunSpec(method="lora", steps=3, batch_size=16)  # 2 processes x 8 examples vs 1 x 16
-FULL = RunSpec(method="full", steps=1, batch_size=4, lr=1e-4)
+LORA = RunSpec(recipe="lora", steps=3, batch_size=16)  # 2 processes x 8 examples vs 1 x 16
+FULL = RunSpec(recipe="full", steps=1, batch_size=4, lr=1e-4)
 # 3 AdamW steps at lr 5e-3 on fp32: the runs differ only in float summation order (measured ~3e-6)
 ADAPTER_ATOL = 5e-5
 
@@ -79,7 +79,7 @@ def test_counter_sums_buckets_per_step():
 
 
 def test_bad_spec_names_the_argument():
-    with pytest.raises(ValueError, match="method must be one of"):
-        RunSpec(method="qlorra")
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        RunSpec(recipe="qlorra")
     with pytest.raises(ValueError, match="batch_size"):
         RunSpec(batch_size=0)

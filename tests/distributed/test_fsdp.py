@@ -16,8 +16,8 @@ from lora_lab.distributed import (
 )
 from lora_lab.memory.predict import training_memory
 
-LORA = RunSpec(method="lora", steps=3, batch_size=16)
-QLORA = RunSpec(method="qlora", steps=3, batch_size=16)
+LORA = RunSpec(recipe="lora", steps=3, batch_size=16)
+QLORA = RunSpec(recipe="qlora", steps=3, batch_size=16)
 # 3 AdamW steps at lr 5e-3 (each moves a weight by up to 5e-3) in fp32: only the float summation
 # order differs. Measured: LoRA ~3e-6; QLoRA ~7e-5 (bitsandbytes' 4-bit matmul sums a batch of 8
 # and one of 16 in another order, and AdamW's first steps amplify tiny gradients' differences).

@@ -75,8 +75,8 @@ def test_argument_values_are_the_ones_the_runs_use(tmp_path):
         trainers.training_arguments("lora_lab", trainers.RECIPE, tmp_path)
     with pytest.raises(ValueError, match="targets=.mlp.$"):
         trainers.peft_lora_config(replace(trainers.RECIPE, targets="mlp"))
-    with pytest.raises(ValueError, match="method='lora', quant_type='fp4'"):
-        trainers.peft_lora_config(replace(trainers.RECIPE, method="lora", quant_type="fp4"))
+    with pytest.raises(ValueError, match="recipe='lora', quant_type='fp4'"):
+        trainers.peft_lora_config(replace(trainers.RECIPE, recipe="lora", quant_type="fp4"))
 
 
 def test_sft_tokenizes_the_task_as_lora_lab_does(tmp_path, tokenizer):
@@ -119,7 +119,7 @@ def test_committed_runs_agree_within_a_few_points():
     configs = {json.dumps({k: v for k, v in r["config"].items() if k != "seed"}, sort_keys=True) for r in records}
     assert len(configs) == 1
     config = json.loads(configs.pop())
-    assert (config["method"], config["quant_type"], config["task"], config["r"]) == ("qlora", "nf4", "qa", 8)
+    assert (config["recipe"], config["quant_type"], config["task"], config["r"]) == ("qlora", "nf4", "qa", 8)
     # mean ± SE over seeds, computed here, then checked against the module's comparison
     stats = {t: (statistics.fmean(r["metric"] for r in runs),
                  statistics.stdev([r["metric"] for r in runs]) / math.sqrt(len(runs)))

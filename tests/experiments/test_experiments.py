@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from dataclasses import asdict
 
 import pytest
 
@@ -65,7 +66,7 @@ def test_cipher_bad_input_names_the_argument(bad):
 
 
 # --------------------------------------------------------------------------- config and engine
-@pytest.mark.parametrize("field,value", [("task", "mnist"), ("method", "dora"), ("quant_type", "nf3"), ("r", 0),
+@pytest.mark.parametrize("field,value", [("task", "mnist"), ("recipe", "dora"), ("quant_type", "nf3"), ("r", 0),
                                          ("r", 2.0), ("lora_alpha", -1), ("lora_alpha", math.nan), ("lr", 2.0),
                                          ("targets", "c_attn"), ("init", "zeros"), ("use_rslora", "yes"),
                                          ("steps", 0), ("seed", -1), ("optimizer", "lion")])
@@ -84,13 +85,19 @@ def test_config_id_is_stable_and_seed_sensitive():
         ExperimentConfig.from_dict({"rank": 4})
 
 
+def test_a_record_from_before_the_rename_names_the_new_field():
+    old = {**{("method" if k == "recipe" else k): v for k, v in asdict(ExperimentConfig()).items()}}
+    with pytest.raises(ValueError, match="'method' is now called 'recipe'"):
+        ExperimentConfig.from_dict(old)
+
+
 def test_binomial_se():
     assert binomial_se(0.5, 200) == pytest.approx(math.sqrt(0.25 / 200))
     assert binomial_se(0.0, 10) == 0.0
 
 
-@pytest.mark.parametrize("extra", [dict(method="lora"), dict(method="full", lr=5e-4),
-                                   dict(method="qlora", quant_type="int4", init="random"),
+@pytest.mark.parametrize("extra", [dict(recipe="lora"), dict(recipe="full", lr=5e-4),
+                                   dict(recipe="qlora", quant_type="int4", init="random"),
                                    dict(task="cipher", k=4, targets="attention", use_rslora=True)])
 def test_run_experiment_returns_a_full_record(extra):
     rec = run_experiment(ExperimentConfig(**TINY, **extra))
@@ -100,13 +107,13 @@ def test_run_experiment_returns_a_full_record(extra):
     assert 0 <= rec["metric"] <= 1 and len(rec["curve"]) == 2 and rec["versions"]["torch"]
     assert all(v > 0 for v in rec["update_norms"].values()) or extra.get("init") == "random"
     json.dumps(rec)  # JSON-able
-    if extra.get("method") == "full":
+    if extra.get("recipe") == "full":
         assert len(rec["delta_spectra"]) == 16
 
 
 def test_b_zero_leaves_the_base_unchanged_at_step_zero():
     lora = run_experiment(ExperimentConfig(**TINY))
-    full = run_experiment(ExperimentConfig(**TINY, method="full", lr=5e-4))
+    full = run_experiment(ExperimentConfig(**TINY, recipe="full", lr=5e-4))
     rand = run_experiment(ExperimentConfig(**TINY, init="random"))
     assert lora["loss_at_init"] == pytest.approx(full["loss_at_init"], rel=1e-5)
     assert rand["loss_at_init"] != pytest.approx(full["loss_at_init"], rel=1e-2)
@@ -159,9 +166,9 @@ def _rerun_tolerance(record):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("where", [dict(task="qa", method="lora", r=1, lora_alpha=16.0, lr=5e-3, targets="all-linear",
+@pytest.mark.parametrize("where", [dict(task="qa", recipe="lora", r=1, lora_alpha=16.0, lr=5e-3, targets="all-linear",
                                         init="kaiming", batch_size=8, use_rslora=False, seed=0),
-                                   dict(task="cipher", k=16, method="qlora", quant_type="nf4", r=8, seed=0)])
+                                   dict(task="cipher", k=16, recipe="qlora", quant_type="nf4", r=8, seed=0)])
 def test_rerun_reproduces_a_committed_grid_point(where):
     [record] = [r for r in A.select(RECORDS, **where)]
     fresh = run_experiment(ExperimentConfig.from_dict(record["config"]))

@@ -80,17 +80,17 @@ def test_prepare_model_recipes():
     assert type(lora.transformer.h[0].attn.c_attn.base_layer).__name__ == "Conv1D"
     q = prepare_model("data/lab-gpt2", "qlora", lora_config=CONFIG, backend="lora_lab")
     assert type(q.transformer.h[0].attn.c_attn.base_layer).__name__ == "FrozenLinear4bit"
-    with pytest.raises(ValueError, match="method"):
+    with pytest.raises(ValueError, match="recipe"):
         prepare_model("data/lab-gpt2", "dora")
     with pytest.raises(ValueError, match="quantization"):
         prepare_model("data/lab-gpt2", "qlora", quantization=None)
 
 
-@pytest.mark.parametrize("method", ["qlora", "lora", "full"])
-def test_memory_report_predicts_the_measured_step_and_leaves_the_model_unchanged(method):
-    model = prepare_model("data/lab-gpt2", method, lora_config=CONFIG)
+@pytest.mark.parametrize("recipe", ["qlora", "lora", "full"])
+def test_memory_report_predicts_the_measured_step_and_leaves_the_model_unchanged(recipe):
+    model = prepare_model("data/lab-gpt2", recipe, lora_config=CONFIG)
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    report = memory_report(model, method, batch_size=2, seq_len=32)
+    report = memory_report(model, recipe, batch_size=2, seq_len=32)
     after = [p for p in model.parameters() if p.requires_grad]
     assert all(torch.equal(a, b) for a, b in zip(before, after)) and all(p.grad is None for p in after)
     assert report.measured["optimizer state"] == pytest.approx(2 * report.measured["trainable weights"], rel=1e-3)
