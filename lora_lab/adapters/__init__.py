@@ -6,7 +6,8 @@ disable, combine them (linear, cat, svd), serve a mixed batch, and count what it
     run       the committed runs: data/adapters/train.jsonl, combine.jsonl (3 seeds)
     combine   a combination's ΔW against Σ wᵢΔWᵢ (Eckart–Young), records -> points, interference
     serving   memory of N adapters vs N merged copies, FLOP ratio, measured latency
-    variants_run  LoRA vs PiSSA vs LoftQ vs DoRA on one NF4 base: data/adapters/variants.jsonl (3 seeds)
+    variants_run  LoRA vs PiSSA vs LoftQ vs DoRA on one NF4 base: data/adapters/variants.jsonl
+                  (3 learning rates × 3 seeds)
 
 One line imports the chapter: ``from lora_lab.adapters import ...``.
 """

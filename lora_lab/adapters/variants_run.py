@@ -1,12 +1,15 @@
 """The chapter's variants runs: LoRA, PiSSA, LoftQ and DoRA on one NF4 base, same adapter and schedule.
 
     python -m lora_lab.adapters.variants_run run            # the runs data/adapters/variants.jsonl lacks
+    python -m lora_lab.adapters.variants_run run --lrs 0.002  # only one learning rate of the sweep
     python -m lora_lab.adapters.variants_run list           # what is recorded
     python -m lora_lab.adapters.variants_run rerun <id>     # re-run one record, print both
 
 Each variant trains chapter 07's cipher adapter (:func:`lora_lab.adapters.pair.adapter_config`:
-K = 16 cipher, r = 8, lora_alpha = 16, all-linear, 80 steps of 8 at lr 5e-3, one seed each of
-:data:`~lora_lab.adapters.pair.SEEDS`) in the QLoRA setting (NF4 blocks of 64, double
+K = 16 cipher, r = 8, lora_alpha = 16, all-linear, 80 steps of 8, one seed each of
+:data:`~lora_lab.adapters.pair.SEEDS`) at each learning rate of :data:`LRS` (the chapter's
+comparison is at the adapter's own lr, :data:`CHAPTER_LR` = 5e-3; the lower two ask whether a
+variant needs a smaller step) in the QLoRA setting (NF4 blocks of 64, double
 quantization, fp32 compute; chapter 06's ``qlora`` base). Chapter 06's records decide the task:
 on QA every rank from 4 up, and full fine-tuning, reach the same exact match (it saturates),
 while on the K = 16 cipher LoRA stops far below full fine-tuning and the init moves the result.
@@ -59,6 +62,8 @@ VARIANTS = {
     "loftq": {"init_lora_weights": "loftq", "loftq_config": {"loftq_bits": 4, "loftq_iter": 1}},
     "dora": {"use_dora": True},
 }
+LRS = (1e-3, 2e-3, 5e-3)  # the learning rates every variant × seed is run at
+CHAPTER_LR = adapter_config(TASK, 0).lr  # the adapter's own lr: the chapter's main comparison
 NF4 = dict(codebook="nf4", blocksize=64, double_quant=True, compute_dtype=torch.float32)  # nf4_base's
 
 
@@ -169,13 +174,20 @@ def step_seconds(model, batch: dict, *, min_run_time: float = 0.5) -> float:
         min_run_time=min_run_time).median
 
 
-def variant_configs(variants=tuple(VARIANTS), seeds=SEEDS) -> list[tuple[str, ExperimentConfig]]:
-    """Every (variant, config) the chapter records: each variant × seed, chapter 07's cipher adapter."""
-    return [(check_variant(v), adapter_config(TASK, s)) for s in seeds for v in variants]
+def check_lr(lr) -> float:
+    if lr not in LRS:
+        raise ValueError(f"lr must be one of {LRS}, got {lr!r}")
+    return lr
 
 
-def run_variants(variants=tuple(VARIANTS), seeds=SEEDS, *, folder: str | Path | None = None, progress: bool = True,
-                 todo: list[tuple[str, ExperimentConfig]] | None = None) -> list[dict]:
+def variant_configs(variants=tuple(VARIANTS), seeds=SEEDS, lrs=LRS) -> list[tuple[str, ExperimentConfig]]:
+    """Every (variant, config) the chapter records: each lr × seed × variant, chapter 07's cipher adapter."""
+    return [(check_variant(v), replace(adapter_config(TASK, s), lr=check_lr(lr))) for lr in lrs for s in seeds
+            for v in variants]
+
+
+def run_variants(variants=tuple(VARIANTS), seeds=SEEDS, lrs=LRS, *, folder: str | Path | None = None,
+                 progress: bool = True, todo: list[tuple[str, ExperimentConfig]] | None = None) -> list[dict]:
     """Run every (variant, seed) not yet in variants.jsonl; returns the new records.
 
     Args:
@@ -185,7 +197,7 @@ def run_variants(variants=tuple(VARIANTS), seeds=SEEDS, *, folder: str | Path | 
     done = {r["id"] for r in read_records(path)}
     tokenizer = load_tokenizer(MODEL)
     new = []
-    for variant, config in variant_configs(variants, seeds) if todo is None else todo:
+    for variant, config in variant_configs(variants, seeds, lrs) if todo is None else todo:
         if variant_id(variant, config) in done:
             continue
         record = run_variant(variant, config, tokenizer=tokenizer, progress=progress)
@@ -199,12 +211,14 @@ def variant_records(folder: str | Path | None = None) -> list[dict]:
     return read_records(variants_path(folder))
 
 
-def variant_points(records: list[dict], value="metric") -> dict[str, Point]:
-    """{variant: its point} over seeds (chapter 06's mean ± se; the binomial floor for "metric");
-    ``value`` is a record key or a function of a record, as :func:`lora_lab.experiments.analysis.points`."""
+def variant_points(records: list[dict], value="metric", *, lr: float = CHAPTER_LR) -> dict[str, Point]:
+    """{variant: its point at learning rate ``lr``} over seeds (chapter 06's mean ± se; the binomial
+    floor for "metric"); ``value`` is a record key or a function of a record, as
+    :func:`lora_lab.experiments.analysis.points`."""
+    check_lr(lr)
     out = {}
     for v in VARIANTS:
-        found = points([r for r in records if r["variant"] == v], value)
+        found = points([r for r in records if r["variant"] == v and r["config"]["lr"] == lr], value)
         if len(found) > 1:
             raise ValueError(f"variant {v!r} has records of {len(found)} different configs; expected one")
         out.update({v: found[0]} if found else {})
@@ -226,10 +240,11 @@ def main(argv=None) -> int:
     parser.add_argument("id", nargs="?", help="record id (rerun)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--lrs", type=float, nargs="+", default=list(LRS), choices=list(LRS))
     parser.add_argument("--folder", default=None, help="results folder (default: data/adapters)")
     args = parser.parse_args(argv)
     if args.stage == "run":
-        print(f"{len(run_variants(args.variants, args.seeds, folder=args.folder))} new records")
+        print(f"{len(run_variants(args.variants, args.seeds, args.lrs, folder=args.folder))} new records")
     elif args.stage == "rerun":
         old, new = rerun(args.id, args.folder)
         for key in ("metric", "init_error", "loss_at_init", "trainable"):
@@ -238,7 +253,8 @@ def main(argv=None) -> int:
         print(f"curve: max |committed - rerun| = {same:.2e} over {len(new['curve'])} steps")
     else:
         for r in variant_records(args.folder):
-            print(f"{r['id']}  {r['variant']:6s} seed {r['config']['seed']}  metric {r['metric']:.3f}  "
+            print(f"{r['id']}  {r['variant']:6s} lr {r['config']['lr']:g} seed {r['config']['seed']}  "
+                  f"metric {r['metric']:.3f}  "
                   f"init_error_rel {r['init_error_rel']:.4f}  loss_at_init {r['loss_at_init']:.3f}")
     return 0
 

@@ -8,6 +8,8 @@ import pytest
 from lora_lab.adapters.pair import SEEDS, adapter_config
 from lora_lab.adapters.run import train_records
 from lora_lab.adapters.variants_run import (
+    CHAPTER_LR,
+    LRS,
     TASK,
     VARIANTS,
     build_variant,
@@ -17,6 +19,7 @@ from lora_lab.adapters.variants_run import (
     run_variants,
     variant_configs,
     variant_id,
+    variant_points,
     variant_records,
 )
 from lora_lab.experiments.engine import binomial_se
@@ -27,8 +30,8 @@ KEYS = {"id", "variant", "config", "metric", "metric_se", "n_eval", "init_error"
         "curve", "trainable", "step_seconds_median", "train_seconds", "seconds", "versions", "cpu", "threads"}
 
 
-def by_variant(seed=None):
-    return {r["variant"]: r for r in RECORDS if seed is None or r["config"]["seed"] == seed}
+def by_variant(seed, lr=CHAPTER_LR):
+    return {r["variant"]: r for r in RECORDS if r["config"]["seed"] == seed and r["config"]["lr"] == lr}
 
 
 def test_records_well_formed():
@@ -36,7 +39,8 @@ def test_records_well_formed():
     assert len({r["id"] for r in RECORDS}) == len(RECORDS)
     for r in RECORDS:
         assert set(r) == KEYS
-        config = adapter_config(TASK, r["config"]["seed"])
+        assert r["config"]["lr"] in LRS
+        config = replace(adapter_config(TASK, r["config"]["seed"]), lr=r["config"]["lr"])
         assert r["config"] == asdict(config) and r["id"] == variant_id(r["variant"], config)
         assert len(r["curve"]) == config.steps and all(math.isfinite(x) for x in r["curve"])
         assert 0 <= r["metric"] <= 1 and r["n_eval"] == config.eval_examples
@@ -44,10 +48,23 @@ def test_records_well_formed():
         assert 0 < r["init_error_rel"] < 0.2 and r["step_seconds_median"] > 0
 
 
-def test_three_seeds_per_variant():
+def test_three_seeds_per_variant_and_learning_rate():
     for v in VARIANTS:
-        assert sorted(r["config"]["seed"] for r in RECORDS if r["variant"] == v) == sorted(SEEDS), v
+        for lr in LRS:
+            seeds = [r["config"]["seed"] for r in RECORDS if r["variant"] == v and r["config"]["lr"] == lr]
+            assert sorted(seeds) == sorted(SEEDS), (v, lr)
     assert {variant_id(v, c) for v, c in variant_configs()} == {r["id"] for r in RECORDS}
+    assert CHAPTER_LR == adapter_config(TASK, 0).lr and CHAPTER_LR in LRS
+
+
+def test_points_per_learning_rate():
+    for lr in LRS:
+        pts = variant_points(RECORDS, lr=lr)
+        assert set(pts) == set(VARIANTS) and all(p.config["lr"] == lr and p.n_seeds == len(SEEDS)
+                                                 for p in pts.values())
+    assert variant_points(RECORDS) == variant_points(RECORDS, lr=CHAPTER_LR)
+    with pytest.raises(ValueError, match=r"lr must be one of \(0.001, 0.002, 0.005\), got 0.01"):
+        variant_points(RECORDS, lr=0.01)
 
 
 def test_step0_errors_recomputed_for_seed_0():
@@ -99,3 +116,5 @@ def test_bad_variant():
         check_variant("qlora")
     with pytest.raises(ValueError, match="variant"):
         variant_configs(["lora", "vera"])
+    with pytest.raises(ValueError, match="lr must be one of"):
+        variant_configs(["lora"], lrs=[3e-3])
